@@ -1,0 +1,497 @@
+//! Identity use cases: registration, login, tokens, addresses, API keys, suspension, and the
+//! per-request [`Authenticator`].
+
+use super::model::{Address, AddressInput, Email, Password, User, UserId, UserStatus, person_role};
+use super::password::PasswordHasher;
+use super::store::{ApiKeyRow, IdentityStore, NewApiKey, NewUser};
+use super::token::{TokenError, TokenSigner};
+use mercato_kernel::Kernel;
+use mercato_kernel::auth::{Authenticator, Principal, Role};
+use mercato_kernel::db::StoreError;
+use mercato_kernel::error::{ApiError, Code};
+use mercato_kernel::idempotency::ReplayWriter;
+use mercato_kernel::ratelimit::Quota;
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+/// The prefix of every API key secret (lets scanners and our authenticator recognise them).
+pub const API_KEY_PREFIX: &str = "mercato_sk_";
+
+#[derive(Debug, thiserror::Error)]
+pub enum IdentityError {
+    #[error("an account with this email already exists")]
+    EmailTaken,
+    #[error("the email or password is wrong")]
+    InvalidCredentials,
+    #[error("too many failed logins")]
+    TooManyAttempts(mercato_kernel::ratelimit::Decision),
+    #[error("this account is suspended")]
+    Suspended,
+    #[error("not found")]
+    NotFound,
+    #[error("{0}")]
+    Invalid(ApiError),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for IdentityError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => IdentityError::NotFound,
+            other => IdentityError::Unexpected(other.into()),
+        }
+    }
+}
+
+impl From<IdentityError> for ApiError {
+    fn from(e: IdentityError) -> ApiError {
+        match e {
+            IdentityError::EmailTaken => ApiError::new(Code::EmailTaken),
+            IdentityError::InvalidCredentials => ApiError::new(Code::InvalidCredentials),
+            IdentityError::TooManyAttempts(d) => d
+                .into_error()
+                .detail("too many failed logins; wait before trying again"),
+            IdentityError::Suspended => ApiError::new(Code::AccountSuspended),
+            IdentityError::NotFound => ApiError::not_found(),
+            IdentityError::Invalid(e) => e,
+            IdentityError::Conflict(d) => ApiError::conflict(d),
+            IdentityError::Unexpected(e) => ApiError::from(e),
+        }
+    }
+}
+
+/// What register and login answer.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct AuthSession {
+    pub user: User,
+    pub access_token: String,
+    /// Always `Bearer`.
+    pub token_type: &'static str,
+    /// Seconds until the access token expires.
+    pub expires_in: i64,
+}
+
+/// An API key as listed (the secret is never shown again after creation).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct ApiKey {
+    pub id: String,
+    pub name: String,
+    pub role: Role,
+    /// First characters of the secret, to recognise it.
+    pub prefix: String,
+    pub created_by: String,
+    pub created_at: mercato_kernel::Timestamp,
+    pub revoked_at: Option<mercato_kernel::Timestamp>,
+}
+
+impl From<ApiKeyRow> for ApiKey {
+    fn from(r: ApiKeyRow) -> ApiKey {
+        ApiKey {
+            id: r.id,
+            name: r.name,
+            role: r.role,
+            prefix: r.key_prefix,
+            created_by: r.created_by,
+            created_at: r.created_at,
+            revoked_at: r.revoked_at,
+        }
+    }
+}
+
+/// Called after a successful login (e.g. carts merge the guest cart into the user's).
+#[async_trait::async_trait]
+pub trait LoginHook: Send + Sync + 'static {
+    async fn on_login(&self, user_id: &str, guest_cart_id: Option<&str>) -> Result<(), ApiError>;
+}
+
+#[derive(Clone)]
+pub struct IdentityService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kernel: Kernel,
+    store: IdentityStore,
+    tokens: TokenSigner,
+    hasher: PasswordHasher,
+    login_hook: RwLock<Option<Arc<dyn LoginHook>>>,
+}
+
+fn sha256_hex(s: &str) -> String {
+    mercato_kernel::id::hex(&Sha256::digest(s.as_bytes()))
+}
+
+impl IdentityService {
+    pub fn new(kernel: Kernel, jwt_secret: &[u8]) -> anyhow::Result<IdentityService> {
+        let s = &kernel.settings;
+        let hasher = PasswordHasher::new(s.password_hash_memory_kib, s.password_hash_iterations)?;
+        let tokens = TokenSigner::new(jwt_secret, s.jwt_ttl_secs);
+        Ok(IdentityService {
+            inner: Arc::new(Inner {
+                store: IdentityStore::new(kernel.db.clone()),
+                kernel,
+                tokens,
+                hasher,
+                login_hook: RwLock::new(None),
+            }),
+        })
+    }
+
+    /// Installs the hook run after each login (one at a time; the last one wins).
+    pub fn set_login_hook(&self, hook: Arc<dyn LoginHook>) {
+        if let Ok(mut h) = self.inner.login_hook.write() {
+            *h = Some(hook);
+        }
+    }
+
+    fn now(&self) -> mercato_kernel::Timestamp {
+        self.inner.kernel.clock.now()
+    }
+
+    fn session(&self, user: User) -> AuthSession {
+        let access_token = self.inner.tokens.issue(&user.id, user.role, self.now());
+        AuthSession {
+            user,
+            access_token,
+            token_type: "Bearer",
+            expires_in: self.inner.tokens.ttl_secs(),
+        }
+    }
+
+    fn parse_credentials(email: &str, password: &str) -> Result<(Email, Password), IdentityError> {
+        let mut v = mercato_kernel::error::Validator::new();
+        let e = Email::parse(email);
+        v.check(e.is_some(), "email", "email must be a valid email address");
+        let p = Password::parse(password);
+        if let Err(msg) = &p {
+            v.add("password", *msg);
+        }
+        v.finish().map_err(IdentityError::Invalid)?;
+        match (e, p) {
+            (Some(e), Ok(p)) => Ok((e, p)),
+            _ => Err(IdentityError::Invalid(ApiError::new(
+                Code::ValidationFailed,
+            ))),
+        }
+    }
+
+    fn validate_name(name: Option<&str>) -> Result<Option<String>, IdentityError> {
+        let name = name.map(str::trim).filter(|n| !n.is_empty());
+        if let Some(n) = name
+            && (n.chars().count() > 200 || n.chars().any(char::is_control))
+        {
+            return Err(IdentityError::Invalid(ApiError::invalid(
+                "name",
+                "name must be at most 200 printable characters",
+            )));
+        }
+        Ok(name.map(str::to_owned))
+    }
+
+    /// Self-service sign-up: always role `customer`. Emits `user.registered`.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: &str,
+        name: Option<&str>,
+    ) -> Result<AuthSession, IdentityError> {
+        let user = self
+            .create_user(email, password, name, Role::Customer)
+            .await?;
+        Ok(self.session(user))
+    }
+
+    /// Creates an account with any person role (CLI, admin tooling).
+    pub async fn create_user(
+        &self,
+        email: &str,
+        password: &str,
+        name: Option<&str>,
+        role: Role,
+    ) -> Result<User, IdentityError> {
+        if !person_role(role) {
+            return Err(IdentityError::Invalid(ApiError::invalid(
+                "role",
+                "role must be customer, seller or admin",
+            )));
+        }
+        let (email, password) = Self::parse_credentials(email, password)?;
+        let name = Self::validate_name(name)?;
+        let hash = self.inner.hasher.hash(password.expose()).await?;
+        let id = UserId::new();
+        let res = self
+            .inner
+            .store
+            .insert_user(
+                NewUser {
+                    id: id.as_str(),
+                    email: email.as_str(),
+                    password_hash: &hash,
+                    name: name.as_deref(),
+                    role,
+                },
+                self.now(),
+                true,
+            )
+            .await;
+        match res {
+            Ok(u) => {
+                metrics::counter!("users_registered_total", "role" => role.as_str()).increment(1);
+                Ok(u)
+            }
+            Err(e) if e.is_unique_violation() => Err(IdentityError::EmailTaken),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Checks credentials. Unknown emails take as long as wrong passwords; failures are rate
+    /// limited per email and per client IP.
+    pub async fn login(
+        &self,
+        email: &str,
+        password: &str,
+        ip: IpAddr,
+        guest_cart_id: Option<&str>,
+    ) -> Result<AuthSession, IdentityError> {
+        let limiter = &self.inner.kernel.rate_limiter;
+        let settings = &self.inner.kernel.settings;
+        let window = Duration::from_secs(15 * 60);
+        let per_email = Quota::new(settings.login_failures_per_15min, window);
+        let per_ip = Quota::new(settings.login_failures_per_15min.saturating_mul(5), window);
+        let normalized = email.trim().to_lowercase();
+        let email_key = format!("login-email:{normalized}");
+        let ip_key = format!("login-ip:{ip}");
+        for (key, quota) in [(&email_key, per_email), (&ip_key, per_ip)] {
+            let d = limiter.check(key, quota, 0).await;
+            if !d.allowed {
+                return Err(IdentityError::TooManyAttempts(d));
+            }
+        }
+        let fail = || async {
+            limiter.check(&email_key, per_email, 1).await;
+            limiter.check(&ip_key, per_ip, 1).await;
+            metrics::counter!("logins_total", "outcome" => "failed").increment(1);
+            IdentityError::InvalidCredentials
+        };
+        if password.len() > super::model::MAX_PASSWORD_LEN {
+            return Err(fail().await);
+        }
+        let creds = match Email::parse(email) {
+            Some(e) => self.inner.store.credentials_by_email(e.as_str()).await?,
+            None => None,
+        };
+        let Some(creds) = creds else {
+            self.inner.hasher.verify_dummy(password).await?;
+            return Err(fail().await);
+        };
+        if !self
+            .inner
+            .hasher
+            .verify(password, &creds.password_hash)
+            .await?
+        {
+            return Err(fail().await);
+        }
+        if creds.user.status == UserStatus::Suspended {
+            return Err(IdentityError::Suspended);
+        }
+        let hook = self.inner.login_hook.read().ok().and_then(|h| h.clone());
+        if let Some(hook) = hook {
+            hook.on_login(&creds.user.id, guest_cart_id)
+                .await
+                .map_err(IdentityError::Invalid)?;
+        }
+        metrics::counter!("logins_total", "outcome" => "ok").increment(1);
+        Ok(self.session(creds.user))
+    }
+
+    pub async fn user(&self, id: &str) -> Result<User, IdentityError> {
+        self.inner
+            .store
+            .user(id)
+            .await?
+            .ok_or(IdentityError::NotFound)
+    }
+
+    pub async fn list_users(
+        &self,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<User>, IdentityError> {
+        Ok(self.inner.store.list_users(after, limit).await?)
+    }
+
+    pub async fn set_status(
+        &self,
+        actor: &Principal,
+        user_id: &str,
+        status: UserStatus,
+    ) -> Result<User, IdentityError> {
+        if actor.subject == user_id && status == UserStatus::Suspended {
+            return Err(IdentityError::Conflict(
+                "you cannot suspend your own account".into(),
+            ));
+        }
+        Ok(self
+            .inner
+            .store
+            .set_status(user_id, status, &actor.subject, self.now())
+            .await?)
+    }
+
+    pub async fn addresses(&self, user_id: &str) -> Result<Vec<Address>, IdentityError> {
+        Ok(self.inner.store.addresses(user_id).await?)
+    }
+
+    /// One address of the user (checkout reads shipping addresses through this).
+    pub async fn address(&self, user_id: &str, id: &str) -> Result<Address, IdentityError> {
+        self.inner
+            .store
+            .address(user_id, id)
+            .await?
+            .ok_or(IdentityError::NotFound)
+    }
+
+    /// Adds an address; returns it with its JSON (stored for replay when `replay` is given).
+    pub async fn add_address(
+        &self,
+        user_id: &str,
+        input: AddressInput,
+        replay: Option<ReplayWriter<'_>>,
+    ) -> Result<(Address, Vec<u8>), IdentityError> {
+        let input = input.validate("").map_err(IdentityError::Invalid)?;
+        let count = self.inner.store.addresses(user_id).await?.len();
+        if count >= 50 {
+            return Err(IdentityError::Conflict(
+                "at most 50 addresses per account".into(),
+            ));
+        }
+        Ok(self
+            .inner
+            .store
+            .insert_address(user_id, &input, self.now(), replay)
+            .await?)
+    }
+
+    pub async fn delete_address(&self, user_id: &str, id: &str) -> Result<(), IdentityError> {
+        Ok(self.inner.store.delete_address(user_id, id).await?)
+    }
+
+    /// Creates an API key; returns it with the secret, which is never retrievable again.
+    pub async fn create_api_key(
+        &self,
+        actor: &Principal,
+        name: &str,
+        role: Role,
+    ) -> Result<(ApiKey, String), IdentityError> {
+        let name = name.trim();
+        if name.is_empty() || name.chars().count() > 100 {
+            return Err(IdentityError::Invalid(ApiError::invalid(
+                "name",
+                "name is required (≤ 100 chars)",
+            )));
+        }
+        if role != Role::Service {
+            return Err(IdentityError::Invalid(ApiError::invalid(
+                "role",
+                "API keys have role service",
+            )));
+        }
+        let secret = format!("{API_KEY_PREFIX}{}", mercato_kernel::id::random_hex(24));
+        let prefix: String = secret.chars().take(API_KEY_PREFIX.len() + 6).collect();
+        let id = super::model::ApiKeyId::new();
+        let row = self
+            .inner
+            .store
+            .insert_api_key(
+                NewApiKey {
+                    id: id.as_str(),
+                    name,
+                    role,
+                    key_hash: &sha256_hex(&secret),
+                    key_prefix: &prefix,
+                    actor: &actor.subject,
+                },
+                self.now(),
+            )
+            .await?;
+        Ok((row.into(), secret))
+    }
+
+    pub async fn api_keys(&self) -> Result<Vec<ApiKey>, IdentityError> {
+        Ok(self
+            .inner
+            .store
+            .api_keys()
+            .await?
+            .into_iter()
+            .map(Into::into)
+            .collect())
+    }
+
+    pub async fn revoke_api_key(
+        &self,
+        actor: &Principal,
+        id: &str,
+    ) -> Result<ApiKey, IdentityError> {
+        Ok(self
+            .inner
+            .store
+            .revoke_api_key(id, &actor.subject, self.now())
+            .await?
+            .into())
+    }
+}
+
+#[async_trait::async_trait]
+impl Authenticator for IdentityService {
+    async fn authenticate(&self, token: &str) -> Result<Principal, ApiError> {
+        if token.starts_with(API_KEY_PREFIX) {
+            if token.len() > 200 {
+                return Err(ApiError::new(Code::InvalidToken));
+            }
+            return match self
+                .inner
+                .store
+                .active_key_by_hash(&sha256_hex(token))
+                .await?
+            {
+                Some((id, role)) => Ok(Principal { subject: id, role }),
+                None => Err(ApiError::new(Code::InvalidToken).detail("unknown or revoked API key")),
+            };
+        }
+        let claims = self
+            .inner
+            .tokens
+            .verify(token, self.now())
+            .map_err(|e| match e {
+                TokenError::Expired => {
+                    ApiError::new(Code::InvalidToken).detail("the access token has expired")
+                }
+                _ => ApiError::new(Code::InvalidToken),
+            })?;
+        if !mercato_kernel::id::is_valid("usr", &claims.sub) {
+            return Err(ApiError::new(Code::InvalidToken));
+        }
+        // Role and status come from the database on every request, so suspensions and role
+        // changes take effect at once rather than when the token expires.
+        let Some((role, status)) = self.inner.store.role_and_status(&claims.sub).await? else {
+            return Err(ApiError::new(Code::InvalidToken).detail("the account no longer exists"));
+        };
+        if status != UserStatus::Active.as_str() {
+            return Err(ApiError::new(Code::AccountSuspended));
+        }
+        let role =
+            Role::parse(&role).ok_or_else(|| ApiError::internal(anyhow::anyhow!("bad role")))?;
+        Ok(Principal {
+            subject: claims.sub,
+            role,
+        })
+    }
+}

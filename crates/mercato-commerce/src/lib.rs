@@ -1,0 +1,36 @@
+//! Mercato's commerce core: one module per domain, each with the same shape
+//! (`mod.rs` contract, `model.rs` pure rules, `store.rs` SQL, `service.rs` use cases,
+//! `http.rs` routes). Modules talk through service APIs or events, never each other's tables.
+#![forbid(unsafe_code)]
+
+pub mod identity;
+
+use axum::extract::FromRef;
+use mercato_kernel::Kernel;
+use utoipa_axum::router::OpenApiRouter;
+
+/// State shared by the commerce routes.
+#[derive(Clone)]
+pub struct AppState {
+    pub kernel: Kernel,
+    pub identity: identity::IdentityService,
+}
+
+impl FromRef<AppState> for Kernel {
+    fn from_ref(s: &AppState) -> Kernel {
+        s.kernel.clone()
+    }
+}
+
+impl AppState {
+    /// Builds every commerce service on top of the kernel.
+    pub fn build(kernel: Kernel, jwt_secret: &[u8]) -> anyhow::Result<AppState> {
+        let identity = identity::IdentityService::new(kernel.clone(), jwt_secret)?;
+        Ok(AppState { kernel, identity })
+    }
+}
+
+/// Every commerce route (relative to `/api/v1`) with its OpenAPI description.
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().merge(identity::http::router())
+}

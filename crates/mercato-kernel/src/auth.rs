@@ -1,0 +1,173 @@
+//! Who is calling: roles, the authenticated principal, and the middleware that resolves a
+//! bearer token into one. How tokens are checked (JWT, API keys, suspension) is identity's
+//! business, behind the [`Authenticator`] trait.
+
+use crate::error::{ApiError, Code};
+use axum::extract::{FromRequestParts, Request};
+use axum::http::{header, request::Parts};
+use axum::middleware::Next;
+use axum::response::Response;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    Customer,
+    Seller,
+    Admin,
+    /// Server-to-server callers holding an API key.
+    Service,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Customer => "customer",
+            Role::Seller => "seller",
+            Role::Admin => "admin",
+            Role::Service => "service",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "customer" => Some(Role::Customer),
+            "seller" => Some(Role::Seller),
+            "admin" => Some(Role::Admin),
+            "service" => Some(Role::Service),
+            _ => None,
+        }
+    }
+}
+
+/// An authenticated caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Principal {
+    /// `usr_…` for people, `key_…` for API keys.
+    pub subject: String,
+    pub role: Role,
+}
+
+impl Principal {
+    pub fn is_admin(&self) -> bool {
+        self.role == Role::Admin
+    }
+
+    /// 403 unless the principal has one of `roles`.
+    pub fn require(&self, roles: &[Role]) -> Result<(), ApiError> {
+        if roles.contains(&self.role) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden().detail(format!(
+                "this requires the role {}",
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(" or ")
+            )))
+        }
+    }
+
+    /// The user id when the principal is a person (not an API key).
+    pub fn user_id(&self) -> Option<&str> {
+        self.subject
+            .starts_with("usr_")
+            .then_some(self.subject.as_str())
+    }
+}
+
+/// Resolves a bearer token into a principal.
+#[async_trait::async_trait]
+pub trait Authenticator: Send + Sync + 'static {
+    /// `Err` with 401 for an invalid/expired token, 403 for a suspended account.
+    async fn authenticate(&self, token: &str) -> Result<Principal, ApiError>;
+}
+
+/// What the auth middleware found: a principal, or why the token was refused.
+#[derive(Clone, Debug)]
+enum AuthOutcome {
+    Authenticated(Principal),
+    Refused(Code, String),
+}
+
+/// Middleware: when an `Authorization: Bearer` header is present, authenticates it and leaves
+/// the outcome in the request for the [`Principal`] / [`MaybePrincipal`] extractors. Public
+/// routes simply ignore it; routes that need a principal answer the refusal.
+pub async fn authenticate(auth: Arc<dyn Authenticator>, mut req: Request, next: Next) -> Response {
+    if let Some(value) = req.headers().get(header::AUTHORIZATION) {
+        let outcome = match value
+            .to_str()
+            .ok()
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            })
+            .map(str::trim)
+        {
+            Some(token) if !token.is_empty() => match auth.authenticate(token).await {
+                Ok(p) => {
+                    tracing::Span::current().record("user_id", p.subject.as_str());
+                    AuthOutcome::Authenticated(p)
+                }
+                Err(e) => AuthOutcome::Refused(e.code, e.detail.unwrap_or_default()),
+            },
+            _ => AuthOutcome::Refused(
+                Code::InvalidToken,
+                "the Authorization header must be `Bearer <token>`".into(),
+            ),
+        };
+        req.extensions_mut().insert(outcome);
+    }
+    next.run(req).await
+}
+
+/// The principal resolved by the middleware, if the request was authenticated.
+pub fn principal_of(parts: &axum::http::Extensions) -> Option<&Principal> {
+    match parts.get::<AuthOutcome>() {
+        Some(AuthOutcome::Authenticated(p)) => Some(p),
+        _ => None,
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Principal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        match parts.extensions.get::<AuthOutcome>() {
+            Some(AuthOutcome::Authenticated(p)) => Ok(p.clone()),
+            Some(AuthOutcome::Refused(code, detail)) => {
+                let e = ApiError::new(*code);
+                Err(if detail.is_empty() {
+                    e
+                } else {
+                    e.detail(detail.clone())
+                }
+                .header(header::WWW_AUTHENTICATE, "Bearer"))
+            }
+            None => Err(ApiError::new(Code::Unauthorized)
+                .detail("send `Authorization: Bearer <token>`")
+                .header(header::WWW_AUTHENTICATE, "Bearer")),
+        }
+    }
+}
+
+/// A principal when the caller is signed in; `None` for anonymous callers. A token that was
+/// sent but refused is still an error (a client that thinks it is signed in must learn it is
+/// not, rather than silently acting as a guest).
+#[derive(Clone, Debug)]
+pub struct MaybePrincipal(pub Option<Principal>);
+
+impl<S: Send + Sync> FromRequestParts<S> for MaybePrincipal {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.extensions.get::<AuthOutcome>().is_none() {
+            return Ok(MaybePrincipal(None));
+        }
+        Principal::from_request_parts(parts, state)
+            .await
+            .map(|p| MaybePrincipal(Some(p)))
+    }
+}

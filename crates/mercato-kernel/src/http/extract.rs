@@ -1,0 +1,147 @@
+use crate::error::{ApiError, Code, FieldError};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{FromRequest, FromRequestParts, Query, Request};
+use axum::http::{StatusCode, header, request::Parts};
+use axum::response::{IntoResponse, Response};
+use bytes_compat::Bytes;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+mod bytes_compat {
+    pub use axum::body::Bytes;
+}
+
+/// JSON body extractor whose failures are problem+json: 415 without a JSON content type,
+/// 413 over the body limit, 400 for malformed JSON, 422 (with the field path) for JSON that
+/// does not fit the expected shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiJson<T>(pub T);
+
+impl<T, S> FromRequest<S> for ApiJson<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let ct = ct.to_ascii_lowercase();
+                let essence = ct.split(';').next().unwrap_or("").trim().to_owned();
+                essence == "application/json" || essence.ends_with("+json")
+            })
+            .unwrap_or(false);
+        if !is_json {
+            return Err(ApiError::new(Code::UnsupportedMediaType)
+                .detail("send the body as JSON with Content-Type: application/json"));
+        }
+        let bytes = Bytes::from_request(req, state)
+            .await
+            .map_err(|e: BytesRejection| {
+                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                    ApiError::new(Code::PayloadTooLarge)
+                } else {
+                    ApiError::new(Code::BadRequest).detail("the request body could not be read")
+                }
+            })?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// Parses a JSON body with the same error mapping as [`ApiJson`].
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize::<_, T>(de) {
+        Ok(v) => Ok(v),
+        Err(err) => {
+            let path = err.path().to_string();
+            let inner = err.into_inner();
+            use serde_json::error::Category;
+            match inner.classify() {
+                Category::Data => {
+                    let field = if path == "." { String::new() } else { path };
+                    let message = strip_position(&inner.to_string());
+                    let mut e = ApiError::new(Code::ValidationFailed).detail(if field.is_empty() {
+                        message.clone()
+                    } else {
+                        format!("{field}: {message}")
+                    });
+                    e.errors.push(FieldError { field, message });
+                    Err(e)
+                }
+                Category::Syntax | Category::Eof | Category::Io => {
+                    Err(ApiError::new(Code::MalformedJson).detail(inner.to_string()))
+                }
+            }
+        }
+    }
+}
+
+fn strip_position(msg: &str) -> String {
+    match msg.find(" at line ") {
+        Some(i) => msg[..i].to_owned(),
+        None => msg.to_owned(),
+    }
+}
+
+/// Query-string extractor answering 400 `invalid_query` with the reason.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(v)| ApiQuery(v))
+            .map_err(|e: QueryRejection| {
+                let text = e.body_text();
+                let text = text
+                    .strip_prefix("Failed to deserialize query string: ")
+                    .unwrap_or(&text)
+                    .to_owned();
+                ApiError::new(Code::InvalidQuery).detail(text)
+            })
+    }
+}
+
+/// Parses a path id with the expected prefix; anything else is a 404 (nothing with that id
+/// can exist), which also avoids touching the database for garbage.
+pub fn parse_id<T>(raw: &str, parse: impl FnOnce(&str) -> Option<T>) -> Result<T, ApiError> {
+    parse(raw).ok_or_else(ApiError::not_found)
+}
+
+/// A 201 Created with a JSON body.
+pub struct Created<T>(pub T);
+
+pub fn created<T: Serialize>(v: T) -> Created<T> {
+    Created(v)
+}
+
+impl<T: Serialize> IntoResponse for Created<T> {
+    fn into_response(self) -> Response {
+        (StatusCode::CREATED, axum::Json(self.0)).into_response()
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for super::ClientIp {
+    type Rejection = std::convert::Infallible;
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
+        Ok(parts
+            .extensions
+            .get::<super::ClientIp>()
+            .copied()
+            .unwrap_or(super::ClientIp(std::net::IpAddr::V4(
+                std::net::Ipv4Addr::LOCALHOST,
+            ))))
+    }
+}

@@ -1,0 +1,11 @@
+//! HTTP building blocks shared by every module: request ids, the middleware stack, JSON and
+//! query extractors that answer problem+json, and the 404/405 fallbacks.
+
+mod extract;
+mod middleware;
+
+pub use extract::{ApiJson, ApiQuery, Created, created, parse_id};
+pub use middleware::{
+    ClientIp, MiddlewareConfig, apply_middleware, current_request_id, method_not_allowed,
+    route_not_found,
+};

@@ -1,0 +1,187 @@
+//! The transactional outbox and the event bus.
+//!
+//! A state change and the event announcing it commit in ONE transaction ([`append`]). Events are
+//! then delivered at least once to every registered consumer ([`EventHandler`]) by an
+//! [`EventBus`]: in embedded mode the outbox table itself is the log (see [`embedded`]); a
+//! NATS JetStream bus can replace it without touching consumers. Consumers make delivery
+//! exactly-once in effect by recording the event id with their effects ([`mark_processed`]).
+//! A failed delivery is retried with exponential backoff and jitter, then parked as a dead
+//! letter (`GET /api/v1/admin/outbox`), from where an admin can redeliver it.
+
+pub mod admin;
+pub mod embedded;
+
+use crate::clock::Timestamp;
+use crate::db::{StoreResult, Tx};
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use std::sync::Arc;
+
+pub use embedded::{BusConfig, EmbeddedBus};
+
+/// An event as consumers see it (the envelope of API.md "Events").
+#[derive(Clone, Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Event {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub event_type: String,
+    pub occurred_at: Timestamp,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+    pub version: i64,
+    pub data: Value,
+}
+
+impl Event {
+    /// Deserializes `data` into the producer's payload type.
+    pub fn payload<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
+        Ok(serde_json::from_value(self.data.clone())?)
+    }
+}
+
+/// An event to append.
+#[derive(Clone, Debug)]
+pub struct NewEvent {
+    pub event_type: String,
+    pub aggregate_type: String,
+    pub aggregate_id: String,
+    pub version: i64,
+    pub data: Value,
+    pub correlation_id: Option<String>,
+    pub causation_id: Option<String>,
+}
+
+impl NewEvent {
+    pub fn new(
+        event_type: &str,
+        aggregate_type: &str,
+        aggregate_id: &str,
+        data: impl Serialize,
+    ) -> NewEvent {
+        NewEvent {
+            event_type: event_type.to_owned(),
+            aggregate_type: aggregate_type.to_owned(),
+            aggregate_id: aggregate_id.to_owned(),
+            version: 1,
+            data: serde_json::to_value(data).unwrap_or(Value::Null),
+            correlation_id: crate::http::current_request_id(),
+            causation_id: None,
+        }
+    }
+
+    pub fn version(mut self, v: i64) -> NewEvent {
+        self.version = v;
+        self
+    }
+
+    /// Marks this event as caused by `cause` (and inherits its correlation id).
+    pub fn caused_by(mut self, cause: &Event) -> NewEvent {
+        self.causation_id = Some(cause.id.clone());
+        if cause.correlation_id.is_some() {
+            self.correlation_id = cause.correlation_id.clone();
+        }
+        self
+    }
+}
+
+static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Writes `event` to the outbox inside the caller's transaction; returns its id.
+pub async fn append(tx: &mut Tx, now: Timestamp, event: NewEvent) -> StoreResult<String> {
+    let id = crate::id::new_id("evt");
+    sqlx::query(
+        "INSERT INTO outbox (id, event_type, occurred_at, aggregate_type, aggregate_id, \
+         correlation_id, causation_id, version, data) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
+    )
+    .bind(&id)
+    .bind(&event.event_type)
+    .bind(now.as_micros())
+    .bind(&event.aggregate_type)
+    .bind(&event.aggregate_id)
+    .bind(&event.correlation_id)
+    .bind(&event.causation_id)
+    .bind(event.version)
+    .bind(serde_json::to_string(&event.data).unwrap_or_else(|_| "null".into()))
+    .execute(&mut **tx)
+    .await?;
+    metrics::counter!("outbox_events_appended_total", "type" => event.event_type).increment(1);
+    // The relay may look before this commits; it then finds the event on its next poll.
+    WAKE.notify_waiters();
+    Ok(id)
+}
+
+/// Records that `consumer` applied `event_id`, in the caller's transaction. Returns `false`
+/// when it already had: the caller must then skip its effects (and may commit or roll back).
+pub async fn mark_processed(
+    tx: &mut Tx,
+    consumer: &str,
+    event_id: &str,
+    now: Timestamp,
+) -> StoreResult<bool> {
+    let r = sqlx::query(
+        "INSERT INTO processed_events (consumer, event_id, processed_at) VALUES ($1,$2,$3) \
+         ON CONFLICT (consumer, event_id) DO NOTHING",
+    )
+    .bind(consumer)
+    .bind(event_id)
+    .bind(now.as_micros())
+    .execute(&mut **tx)
+    .await?;
+    Ok(r.rows_affected() == 1)
+}
+
+/// A named, durable consumer of events.
+#[async_trait::async_trait]
+pub trait EventHandler: Send + Sync + 'static {
+    /// Durable name: the offset, retries and dead letters are kept under it.
+    fn name(&self) -> &str;
+    /// Whether to deliver events of this type (others are skipped, offset still advances).
+    fn interested_in(&self, event_type: &str) -> bool;
+    /// Applies the event. Must be idempotent by `event.id` (see [`mark_processed`]).
+    async fn handle(&self, event: &Event) -> anyhow::Result<()>;
+}
+
+/// Delivers outbox events to registered handlers.
+#[async_trait::async_trait]
+pub trait EventBus: Send + Sync + 'static {
+    /// Registers a consumer (before or after the bus started).
+    fn subscribe(&self, handler: Arc<dyn EventHandler>);
+    /// One round of work (publish pending events, deliver a batch to each consumer, run due
+    /// retries). Tests call it to drive delivery deterministically.
+    async fn pump(&self) -> anyhow::Result<crate::jobs::Outcome>;
+    /// Runs the bus until shutdown.
+    async fn run(self: Arc<Self>, shutdown: crate::shutdown::Shutdown);
+}
+
+/// Appends an entry to the append-only audit log in the caller's transaction.
+pub async fn audit(
+    tx: &mut Tx,
+    now: Timestamp,
+    actor: &str,
+    action: &str,
+    entity_type: &str,
+    entity_id: &str,
+    data: impl Serialize,
+) -> StoreResult<()> {
+    sqlx::query(
+        "INSERT INTO audit_log (id, at, actor, action, entity_type, entity_id, data, request_id) \
+         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
+    )
+    .bind(crate::id::new_id("aud"))
+    .bind(now.as_micros())
+    .bind(actor)
+    .bind(action)
+    .bind(entity_type)
+    .bind(entity_id)
+    .bind(serde_json::to_string(&data).unwrap_or_else(|_| "null".into()))
+    .bind(crate::http::current_request_id())
+    .execute(&mut **tx)
+    .await?;
+    Ok(())
+}
+
+pub(crate) async fn wait_for_events(timeout: std::time::Duration) {
+    let _ = tokio::time::timeout(timeout, WAKE.notified()).await;
+}

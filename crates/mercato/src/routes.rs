@@ -1,0 +1,180 @@
+//! Operational routes (`/healthz`, `/readyz`, `/metrics`, `/api/v1/openapi.json`) and the
+//! assembly of the whole HTTP surface.
+
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router, middleware};
+use mercato_commerce::AppState;
+use mercato_kernel::error::{ApiError, Code};
+use mercato_kernel::http::{
+    MiddlewareConfig, apply_middleware, method_not_allowed, route_not_found,
+};
+use mercato_kernel::idempotency::IdempotencyStore;
+use mercato_kernel::ratelimit::{HttpQuotas, Quota};
+use std::sync::Arc;
+use std::time::Duration;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+use utoipa_axum::router::OpenApiRouter;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Mercato",
+        version = "1.0.0",
+        description = "Mercato commerce backend — HTTP API v1. Errors are application/problem+json (RFC 9457)."
+    ),
+    modifiers(&BearerAuth),
+    components(schemas(mercato_kernel::error::Problem))
+)]
+struct ApiDoc;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An access token from /auth/login, or an API key"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+/// Every `/api/v1` route with the OpenAPI document describing them.
+pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+    let v1 = OpenApiRouter::<AppState>::new()
+        .merge(mercato_commerce::router())
+        .merge(mercato_kernel::outbox::admin::router::<AppState>());
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .nest("/api/v1", v1)
+        .split_for_parts()
+}
+
+/// The whole HTTP surface with its middleware.
+pub fn build_router(state: AppState) -> Router {
+    let settings = state.kernel.settings.clone();
+    let (api, openapi) = api();
+    let openapi = Arc::new(openapi.to_json().unwrap_or_else(|_| "{}".into()));
+
+    let idempotency = Arc::new(IdempotencyStore {
+        db: state.kernel.db.clone(),
+        clock: state.kernel.clock.clone(),
+        ttl: Duration::from_secs(
+            u64::try_from(settings.idempotency_ttl_hours.max(24)).unwrap_or(24) * 3600,
+        ),
+        lease: Duration::from_millis(settings.request_timeout_ms) + Duration::from_secs(5),
+        body_limit: settings.body_limit_bytes,
+    });
+    let limiter = state.kernel.rate_limiter.clone();
+    let quotas = HttpQuotas {
+        per_ip: Quota::new(
+            settings.rate_limit_ip_per_sec.saturating_mul(2),
+            Duration::from_secs(2),
+        ),
+        per_principal: Quota::new(
+            settings.rate_limit_principal_per_sec.saturating_mul(2),
+            Duration::from_secs(2),
+        ),
+    };
+    let authenticator: Arc<dyn mercato_kernel::auth::Authenticator> =
+        Arc::new(state.identity.clone());
+
+    // Innermost first: idempotency needs the principal, which the rate limiter also uses.
+    let api = api
+        .with_state(state.clone())
+        .layer(middleware::from_fn(move |req, next| {
+            mercato_kernel::idempotency::middleware(idempotency.clone(), req, next)
+        }))
+        .layer(middleware::from_fn(move |req, next| {
+            mercato_kernel::ratelimit::limit_requests(limiter.clone(), quotas, req, next)
+        }))
+        .layer(middleware::from_fn(move |req, next| {
+            mercato_kernel::auth::authenticate(authenticator.clone(), req, next)
+        }));
+
+    let ops = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route(
+            "/api/v1/openapi.json",
+            get(move || {
+                let doc = openapi.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "application/json")],
+                        doc.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .with_state(state);
+
+    let router = ops
+        .merge(api)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed);
+    apply_middleware(
+        router,
+        MiddlewareConfig {
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            body_limit_bytes: settings.body_limit_bytes,
+            max_in_flight: settings.max_in_flight_requests,
+            trust_forwarded_for: settings.trust_forwarded_for,
+        },
+    )
+}
+
+async fn healthz() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok"}))
+}
+
+async fn readyz(State(s): State<AppState>) -> Response {
+    match s.kernel.db.ping().await {
+        Ok(()) => Json(serde_json::json!({
+            "status": "ok",
+            "checks": {"database": "ok"},
+            "backend": s.kernel.db.backend().as_str(),
+        }))
+        .into_response(),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness check failed");
+            ApiError::new(Code::Unavailable)
+                .detail("the database does not answer")
+                .with("checks", serde_json::json!({"database": "unavailable"}))
+                .retry_after(5)
+                .into_response()
+        }
+    }
+}
+
+async fn metrics_text(State(s): State<AppState>) -> Response {
+    // Gauges computed at scrape time from the database.
+    if let Ok(n) = sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM outbox WHERE log_pos IS NULL")
+        .fetch_one(s.kernel.db.reader())
+        .await
+    {
+        metrics::gauge!("outbox_unpublished").set(n as f64);
+    }
+    if let Ok(n) =
+        sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM event_retries WHERE status = 'dead'")
+            .fetch_one(s.kernel.db.reader())
+            .await
+    {
+        metrics::gauge!("outbox_dead_letters").set(n as f64);
+    }
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        mercato_kernel::telemetry::prometheus().render(),
+    )
+        .into_response()
+}

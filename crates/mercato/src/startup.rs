@@ -1,0 +1,236 @@
+//! Building and running the application: database, kernel, services, router, workers.
+
+use anyhow::Context as _;
+use mercato_commerce::AppState;
+use mercato_kernel::Kernel;
+use mercato_kernel::clock::{SharedClock, SystemClock};
+use mercato_kernel::config::Settings;
+use mercato_kernel::db::{Db, DbOptions};
+use mercato_kernel::jobs::{Outcome, run_worker};
+use mercato_kernel::outbox::{BusConfig, EmbeddedBus, EventBus};
+use mercato_kernel::ratelimit::MemoryRateLimiter;
+use mercato_kernel::shutdown::{self, Shutdown, ShutdownTrigger};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+
+/// Choices tests make that configuration does not.
+#[derive(Default)]
+pub struct BuildOptions {
+    /// Inject a clock (tests move time forward); default is the wall clock.
+    pub clock: Option<SharedClock>,
+    /// Bind to this listener instead of `settings.addr` (tests pass port 0).
+    pub listener: Option<TcpListener>,
+}
+
+/// A built application, bound to its port, not yet serving.
+pub struct Application {
+    listener: Option<TcpListener>,
+    local_addr: Option<SocketAddr>,
+    state: AppState,
+    bus: Arc<EmbeddedBus>,
+    trigger: ShutdownTrigger,
+    shutdown: Shutdown,
+    runs_workers: bool,
+}
+
+/// Connects to the configured database and applies migrations.
+pub async fn connect_database(settings: &Settings) -> anyhow::Result<Db> {
+    let url = settings.effective_database_url();
+    if url.starts_with("sqlite:") {
+        std::fs::create_dir_all(&settings.data_dir)
+            .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    }
+    let db = Db::connect(
+        &url,
+        &DbOptions {
+            max_connections: settings.database_max_connections,
+            ..DbOptions::default()
+        },
+    )
+    .await?;
+    db.migrate().await?;
+    Ok(db)
+}
+
+/// Builds the shared kernel and every service (no listener, no workers): also used by the CLI.
+pub async fn build_state(
+    settings: Settings,
+    clock: Option<SharedClock>,
+) -> anyhow::Result<(AppState, Arc<EmbeddedBus>)> {
+    let db = connect_database(&settings).await?;
+    let clock: SharedClock = clock.unwrap_or_else(|| Arc::new(SystemClock));
+    let bus = Arc::new(EmbeddedBus::new(
+        db.clone(),
+        clock.clone(),
+        BusConfig {
+            max_attempts: settings.outbox_max_attempts,
+            backoff_base: Duration::from_millis(settings.outbox_backoff_base_ms),
+            poll_interval: Duration::from_millis(settings.outbox_poll_ms.max(1)),
+            ..BusConfig::default()
+        },
+    ));
+    let jwt_secret = mercato_commerce::identity::load_or_create_jwt_secret(
+        settings.jwt_secret.as_deref(),
+        &settings.data_dir,
+    )?;
+    let kernel = Kernel {
+        settings: Arc::new(settings),
+        db,
+        clock: clock.clone(),
+        bus: bus.clone(),
+        rate_limiter: Arc::new(MemoryRateLimiter::new(clock)),
+    };
+    let state = AppState::build(kernel, &jwt_secret)?;
+    Ok((state, bus))
+}
+
+impl Application {
+    pub async fn build(settings: Settings, opts: BuildOptions) -> anyhow::Result<Application> {
+        // Install the metrics recorder before anything records.
+        let _ = mercato_kernel::telemetry::prometheus();
+        let role = settings.process_role()?;
+        let addr = settings.addr.clone();
+        let (state, bus) = build_state(settings, opts.clock).await?;
+        let listener = if role.runs_api() {
+            Some(match opts.listener {
+                Some(l) => l,
+                None => TcpListener::bind(&addr)
+                    .await
+                    .with_context(|| format!("binding {addr}"))?,
+            })
+        } else {
+            None
+        };
+        let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        let (trigger, shutdown) = shutdown::channel();
+        Ok(Application {
+            listener,
+            local_addr,
+            state,
+            bus,
+            trigger,
+            shutdown,
+            runs_workers: role.runs_workers(),
+        })
+    }
+
+    /// The bound address (port 0 resolved), when this process serves the API.
+    pub fn local_addr(&self) -> Option<SocketAddr> {
+        self.local_addr
+    }
+
+    pub fn state(&self) -> &AppState {
+        &self.state
+    }
+
+    pub fn bus(&self) -> Arc<EmbeddedBus> {
+        self.bus.clone()
+    }
+
+    /// A handle that stops the application (same as SIGTERM).
+    pub fn stopper(&self) -> ShutdownTrigger {
+        self.trigger.clone()
+    }
+
+    fn spawn_workers(&self) -> Vec<JoinHandle<()>> {
+        let mut handles = Vec::new();
+        let bus: Arc<dyn EventBus> = self.bus.clone();
+        handles.push(tokio::spawn(bus.run(self.shutdown.clone())));
+
+        let db = self.state.kernel.db.clone();
+        let clock = self.state.kernel.clock.clone();
+        handles.push(tokio::spawn(run_worker(
+            "idempotency-cleanup",
+            Duration::from_secs(3600),
+            self.shutdown.clone(),
+            move || {
+                let db = db.clone();
+                let clock = clock.clone();
+                async move {
+                    let n = mercato_kernel::idempotency::cleanup(&db, clock.now()).await?;
+                    if n > 0 {
+                        tracing::info!(deleted = n, "expired idempotency keys removed");
+                    }
+                    Ok(Outcome::Idle)
+                }
+            },
+        )));
+        handles
+    }
+
+    /// Serves until `signal` resolves (or [`Application::stopper`] fires), then shuts down
+    /// gracefully: stop accepting, finish in-flight requests, stop workers, close the database.
+    pub async fn run_until(
+        self,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let workers = if self.runs_workers {
+            self.spawn_workers()
+        } else {
+            Vec::new()
+        };
+        let mut stop = self.shutdown.clone();
+        let trigger = self.trigger;
+        let server = match self.listener {
+            Some(listener) => {
+                let router = crate::routes::build_router(self.state.clone());
+                let mut stop_server = stop.clone();
+                Some(tokio::spawn(async move {
+                    axum::serve(
+                        listener,
+                        router.into_make_service_with_connect_info::<SocketAddr>(),
+                    )
+                    .with_graceful_shutdown(async move { stop_server.wait().await })
+                    .await
+                }))
+            }
+            None => None,
+        };
+        tokio::select! {
+            _ = signal => {}
+            _ = stop.wait() => {}
+        }
+        tracing::info!("shutting down: finishing in-flight requests and stopping workers");
+        trigger.trigger();
+        if let Some(server) = server {
+            match tokio::time::timeout(Duration::from_secs(30), server).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => tracing::error!(error = %e, "server error"),
+                Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
+                Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),
+            }
+        }
+        for w in workers {
+            let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        self.state.kernel.db.close().await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => futures::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = futures::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}
