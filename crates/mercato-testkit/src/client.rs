@@ -120,6 +120,20 @@ impl Client {
         self.finish(req).await
     }
 
+    /// POSTs exact JSON bytes with an Idempotency-Key (when the fingerprint matters).
+    pub async fn send_raw_idem(&self, path: &str, body: Vec<u8>, key: &str) -> TestResponse {
+        let mut req = self
+            .http
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .header("idempotency-key", key)
+            .body(body);
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        self.finish(req).await
+    }
+
     async fn finish(&self, req: reqwest::RequestBuilder) -> TestResponse {
         let resp = match req.send().await {
             Ok(r) => r,

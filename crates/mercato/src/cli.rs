@@ -23,6 +23,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Apply database migrations and exit.
     Migrate,
+    /// Load-test a scenario against the real HTTP API and print latencies and invariants.
+    Bench(crate::bench::BenchArgs),
     /// Administrative tasks.
     Admin {
         #[command(subcommand)]

@@ -2,6 +2,7 @@
 //! workers into one process. `main.rs` only parses the command line and calls in here.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod routes;

@@ -149,3 +149,46 @@ async fn expired_keys_are_cleaned_up() {
     assert_eq!(r.status, 201);
     assert_eq!(r.header("idempotent-replayed"), None);
 }
+
+#[tokio::test]
+async fn a_key_claimed_by_another_process_is_in_use_until_its_lease_ends() {
+    // Another process sharing the database holds the claim: the row is all it leaves behind.
+    let app = spawn_app().await;
+    let customer = app.customer().await;
+    let me = customer.me().await;
+    let user_id = me.body["id"].as_str().unwrap_or_default().to_owned();
+    let now = app.state.kernel.clock.now();
+    let body = serde_json::to_vec(&sample_address()).unwrap_or_default();
+    // The fingerprint the middleware computes: sha256(method \n path \n body).
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    h.update(b"POST\n/api/v1/me/addresses\n");
+    h.update(&body);
+    let fingerprint = mercato_kernel::id::hex(&h.finalize());
+    sqlx::query(
+        "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, locked_until, created_at, expires_at) \
+         VALUES ($1, 'elsewhere', $2, 'in_flight', $3, $4, $5)",
+    )
+    .bind(&user_id)
+    .bind(&fingerprint)
+    .bind(now.plus_secs(30).as_micros())
+    .bind(now.as_micros())
+    .bind(now.plus_secs(86_400).as_micros())
+    .execute(app.state.kernel.db.writer())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let r = customer
+        .send_raw_idem("/me/addresses", body.clone(), "elsewhere")
+        .await;
+    assert_eq!(r.status, 409, "{}", r.body);
+    assert_eq!(r.code(), "idempotency_key_in_use");
+    assert_eq!(address_count(&app).await, 0);
+
+    // That process died: once its lease is over, the request is taken over and runs once.
+    app.clock.advance(std::time::Duration::from_secs(31));
+    let r = customer
+        .send_raw_idem("/me/addresses", body, "elsewhere")
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(address_count(&app).await, 1);
+}
