@@ -3,7 +3,9 @@
 //! `http.rs` routes). Modules talk through service APIs or events, never each other's tables.
 #![forbid(unsafe_code)]
 
+pub mod catalog;
 pub mod identity;
+pub mod seams;
 
 use axum::extract::FromRef;
 use mercato_kernel::Kernel;
@@ -14,6 +16,7 @@ use utoipa_axum::router::OpenApiRouter;
 pub struct AppState {
     pub kernel: Kernel,
     pub identity: identity::IdentityService,
+    pub catalog: catalog::CatalogService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -26,11 +29,22 @@ impl AppState {
     /// Builds every commerce service on top of the kernel.
     pub fn build(kernel: Kernel, jwt_secret: &[u8]) -> anyhow::Result<AppState> {
         let identity = identity::IdentityService::new(kernel.clone(), jwt_secret)?;
-        Ok(AppState { kernel, identity })
+        let catalog = catalog::CatalogService::new(
+            kernel.clone(),
+            std::sync::Arc::new(seams::UntrackedStock),
+            std::sync::Arc::new(seams::NoOrdersYet),
+        );
+        Ok(AppState {
+            kernel,
+            identity,
+            catalog,
+        })
     }
 }
 
 /// Every commerce route (relative to `/api/v1`) with its OpenAPI description.
 pub fn router() -> OpenApiRouter<AppState> {
-    OpenApiRouter::new().merge(identity::http::router())
+    OpenApiRouter::new()
+        .merge(identity::http::router())
+        .merge(catalog::http::router())
 }

@@ -65,6 +65,16 @@ error_codes! {
     InvalidTransitionStatus => (409, "status_unchanged", "The account already has this status");
     // --- outbox / admin ---
     NotDeadLetter => (409, "not_dead_letter", "Only dead-lettered deliveries can be redelivered");
+    // --- catalog ---
+    SkuTaken => (409, "sku_taken", "A variant with this SKU already exists");
+    SlugTaken => (409, "slug_taken", "A category with this slug already exists");
+    ReviewExists => (409, "review_exists", "You have already reviewed this product");
+    NotPurchased => (403, "purchase_required", "Only customers who received the product can review it");
+    // --- carts ---
+    CartNotActive => (409, "cart_not_active", "This cart can no longer be changed");
+    ProductUnavailable => (409, "product_unavailable", "This product is not for sale");
+    InsufficientStock => (409, "insufficient_stock", "Not enough stock");
+    CurrencyMismatch => (422, "currency_mismatch", "The item's currency differs from the cart's");
 }
 
 /// One failed field of a 422.

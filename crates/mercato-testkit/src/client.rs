@@ -243,3 +243,50 @@ pub fn sample_address() -> Value {
         "phone": "+44 20 7946 0000"
     })
 }
+
+/// A valid product body with one variant per `(sku, price)` in USD cents.
+pub fn sample_product(
+    category_id: &str,
+    name: &str,
+    brand: &str,
+    variants: &[(&str, i64)],
+) -> Value {
+    json!({
+        "name": name,
+        "description": format!("{name} by {brand}"),
+        "brand": brand,
+        "category_id": category_id,
+        "attributes": {"color": "black"},
+        "images": ["https://img.example.com/p.jpg"],
+        "status": "active",
+        "variants": variants.iter().map(|(sku, price)| json!({
+            "sku": sku,
+            "name": format!("{name} {sku}"),
+            "price": {"amount": price, "currency": "USD"},
+            "attributes": {}
+        })).collect::<Vec<_>>()
+    })
+}
+
+impl Client {
+    pub async fn create_category(
+        &self,
+        name: &str,
+        slug: &str,
+        parent: Option<&str>,
+    ) -> TestResponse {
+        self.post(
+            "/categories",
+            json!({"name": name, "slug": slug, "parent_id": parent}),
+        )
+        .await
+    }
+
+    pub async fn create_product(&self, body: Value) -> TestResponse {
+        self.post("/products", body).await
+    }
+
+    pub async fn product(&self, id: &str) -> TestResponse {
+        self.get(&format!("/products/{id}")).await
+    }
+}

@@ -7,7 +7,7 @@
 mod client;
 mod postgres;
 
-pub use client::{Client, TestResponse, sample_address};
+pub use client::{Client, TestResponse, sample_address, sample_product};
 
 use mercato::{Application, BuildOptions};
 use mercato_commerce::AppState;

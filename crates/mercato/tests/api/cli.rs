@@ -109,7 +109,7 @@ async fn serve_answers_healthz_and_exits_zero_on_sigterm() {
         .unwrap_or_else(|e| panic!("{e}"));
     let client = mercato_testkit::Client::new(&format!("http://127.0.0.1:{port}"));
     let mut up = false;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if let Ok(r) = client
             .http
             .get(format!("http://127.0.0.1:{port}/healthz"))
@@ -138,7 +138,7 @@ async fn serve_answers_healthz_and_exits_zero_on_sigterm() {
         .status();
     assert!(killed.is_ok_and(|s| s.success()));
     let mut status = None;
-    for _ in 0..200 {
+    for _ in 0..1200 {
         if let Ok(Some(s)) = child.try_wait() {
             status = Some(s);
             break;

@@ -67,7 +67,7 @@ async fn a_handler_failing_twice_then_succeeding_applies_its_effect_once() {
     let h = flaky(&app, "test-flaky", "customer-", 2, false);
     app.customer().await;
     let done = app
-        .eventually(Duration::from_secs(10), || async {
+        .eventually(Duration::from_secs(30), || async {
             (h.effects.load(Ordering::SeqCst) == 1).then_some(())
         })
         .await;
@@ -102,7 +102,7 @@ async fn a_handler_that_always_fails_is_dead_lettered_then_redelivered_by_an_adm
     let h = flaky(&app, "test-broken", "admin-", 0, true);
     let admin = app.admin().await; // one user.registered event with an admin- email
     let dead = app
-        .eventually(Duration::from_secs(10), || async {
+        .eventually(Duration::from_secs(30), || async {
             let r = admin.outbox("?status=dead").await;
             r.body["data"]
                 .as_array()
@@ -138,7 +138,7 @@ async fn a_handler_that_always_fails_is_dead_lettered_then_redelivered_by_an_adm
     assert_eq!(admin.redeliver(&id).await.code(), "not_dead_letter");
 
     let delivered = app
-        .eventually(Duration::from_secs(10), || async {
+        .eventually(Duration::from_secs(30), || async {
             (h.effects.load(Ordering::SeqCst) >= 1).then_some(())
         })
         .await;
@@ -170,7 +170,7 @@ async fn events_reach_consumers_in_log_order_and_the_offset_is_durable() {
     let h = flaky(&app, "test-late-joiner", "customer-", 0, false);
     // A consumer registered later still reads the log from the start.
     let all = app
-        .eventually(Duration::from_secs(10), || async {
+        .eventually(Duration::from_secs(30), || async {
             (h.effects.load(Ordering::SeqCst) == 5).then_some(())
         })
         .await;
