@@ -3,6 +3,7 @@
 //! `http.rs` routes). Modules talk through service APIs or events, never each other's tables.
 #![forbid(unsafe_code)]
 
+pub mod cart;
 pub mod catalog;
 pub mod identity;
 pub mod seams;
@@ -17,6 +18,7 @@ pub struct AppState {
     pub kernel: Kernel,
     pub identity: identity::IdentityService,
     pub catalog: catalog::CatalogService,
+    pub carts: cart::CartService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -34,10 +36,17 @@ impl AppState {
             std::sync::Arc::new(seams::UntrackedStock),
             std::sync::Arc::new(seams::NoOrdersYet),
         );
+        let carts = cart::CartService::new(
+            kernel.clone(),
+            catalog.clone(),
+            std::sync::Arc::new(seams::UntrackedStock),
+        );
+        identity.set_login_hook(std::sync::Arc::new(carts.clone()));
         Ok(AppState {
             kernel,
             identity,
             catalog,
+            carts,
         })
     }
 }
@@ -47,4 +56,5 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(identity::http::router())
         .merge(catalog::http::router())
+        .merge(cart::http::router())
 }

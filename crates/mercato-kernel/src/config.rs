@@ -99,6 +99,12 @@ settings! {
     checkout_ttl_secs: i64 = 900;
     /// How often sweepers (expired checkouts, carts, reservations) run, seconds.
     sweep_every_secs: u64 = 30;
+    /// Largest quantity of one SKU in a cart line.
+    cart_max_line_quantity: i64 = 10;
+    /// Days of inactivity after which a guest cart expires.
+    guest_cart_ttl_days: i64 = 30;
+    /// Currency of new carts when the client names none (ISO 4217).
+    default_currency: String = "USD".into();
     /// How often payment reconciliation runs, seconds.
     reconcile_every_secs: u64 = 60;
     /// Payment gateway base URL (unset = the in-process simulator).
@@ -221,6 +227,15 @@ impl Settings {
         }
         if self.jwt_ttl_secs <= 0 {
             bail!("jwt_ttl_secs must be positive");
+        }
+        if !(1..=1000).contains(&self.cart_max_line_quantity) {
+            bail!("cart_max_line_quantity must be 1 to 1000");
+        }
+        if self.guest_cart_ttl_days <= 0 {
+            bail!("guest_cart_ttl_days must be positive");
+        }
+        if crate::money::Currency::parse(&self.default_currency).is_none() {
+            bail!("default_currency must be a 3-letter ISO 4217 code");
         }
         if self.outbox_max_attempts == 0 {
             bail!("outbox_max_attempts must be at least 1");

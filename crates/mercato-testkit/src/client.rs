@@ -290,3 +290,42 @@ impl Client {
         self.get(&format!("/products/{id}")).await
     }
 }
+
+impl Client {
+    pub async fn create_cart(&self) -> TestResponse {
+        self.send(reqwest::Method::POST, "/carts", None, &[]).await
+    }
+
+    pub async fn cart(&self, id: &str) -> TestResponse {
+        self.get(&format!("/carts/{id}")).await
+    }
+
+    pub async fn add_to_cart(&self, cart_id: &str, sku: &str, quantity: i64) -> TestResponse {
+        self.post(
+            &format!("/carts/{cart_id}/items"),
+            json!({"sku": sku, "quantity": quantity}),
+        )
+        .await
+    }
+
+    pub async fn set_cart_quantity(&self, cart_id: &str, sku: &str, quantity: i64) -> TestResponse {
+        self.patch(
+            &format!("/carts/{cart_id}/items/{sku}"),
+            json!({"quantity": quantity}),
+        )
+        .await
+    }
+
+    pub async fn login_with_cart(
+        &self,
+        email: &str,
+        password: &str,
+        cart_id: &str,
+    ) -> TestResponse {
+        self.post(
+            "/auth/login",
+            json!({"email": email, "password": password, "cart_id": cart_id}),
+        )
+        .await
+    }
+}

@@ -141,6 +141,18 @@ impl Application {
         let bus: Arc<dyn EventBus> = self.bus.clone();
         handles.push(tokio::spawn(bus.run(self.shutdown.clone())));
 
+        let sweep = Duration::from_secs(self.state.kernel.settings.sweep_every_secs.max(1));
+        let carts = self.state.carts.clone();
+        handles.push(tokio::spawn(run_worker(
+            "guest-cart-expiry",
+            sweep,
+            self.shutdown.clone(),
+            move || {
+                let carts = carts.clone();
+                async move { carts.expire_guest_carts().await }
+            },
+        )));
+
         let db = self.state.kernel.db.clone();
         let clock = self.state.kernel.clock.clone();
         handles.push(tokio::spawn(run_worker(

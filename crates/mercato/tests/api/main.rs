@@ -1,6 +1,7 @@
 //! Black-box API tests: the real application on port 0, a fresh database per test (SQLite, or
 //! PostgreSQL when MERCATO_TEST_POSTGRES_URL is set). One binary for link time.
 
+mod carts;
 mod catalog;
 mod cli;
 mod docs;
