@@ -6,6 +6,7 @@
 pub mod cart;
 pub mod catalog;
 pub mod identity;
+pub mod inventory;
 pub mod seams;
 
 use axum::extract::FromRef;
@@ -19,6 +20,7 @@ pub struct AppState {
     pub identity: identity::IdentityService,
     pub catalog: catalog::CatalogService,
     pub carts: cart::CartService,
+    pub inventory: inventory::InventoryService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -42,11 +44,16 @@ impl AppState {
             std::sync::Arc::new(seams::UntrackedStock),
         );
         identity.set_login_hook(std::sync::Arc::new(carts.clone()));
+        // Inventory plugs into the stock seams of catalog and carts.
+        let inventory = inventory::InventoryService::new(kernel.clone(), catalog.clone());
+        catalog.set_stock_levels(std::sync::Arc::new(inventory.clone()));
+        carts.set_stock_levels(std::sync::Arc::new(inventory.clone()));
         Ok(AppState {
             kernel,
             identity,
             catalog,
             carts,
+            inventory,
         })
     }
 }
@@ -57,4 +64,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(identity::http::router())
         .merge(catalog::http::router())
         .merge(cart::http::router())
+        .merge(inventory::http::router())
 }

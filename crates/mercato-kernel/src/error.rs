@@ -75,6 +75,9 @@ error_codes! {
     ProductUnavailable => (409, "product_unavailable", "This product is not for sale");
     InsufficientStock => (409, "insufficient_stock", "Not enough stock");
     CurrencyMismatch => (422, "currency_mismatch", "The item's currency differs from the cart's");
+    // --- inventory ---
+    BelowReserved => (409, "below_reserved", "On-hand stock cannot go below what is reserved");
+    WarehouseCodeTaken => (409, "warehouse_code_taken", "A warehouse with this code already exists");
 }
 
 /// One failed field of a 422.

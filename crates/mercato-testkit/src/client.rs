@@ -329,3 +329,25 @@ impl Client {
         .await
     }
 }
+
+impl Client {
+    pub async fn create_warehouse(&self, code: &str, country: &str) -> TestResponse {
+        self.post(
+            "/warehouses",
+            json!({"code": code, "name": format!("Warehouse {code}"), "country": country}),
+        )
+        .await
+    }
+
+    pub async fn set_stock(&self, sku: &str, warehouse_id: &str, on_hand: i64) -> TestResponse {
+        self.put(
+            &format!("/inventory/{sku}/warehouses/{warehouse_id}"),
+            json!({"on_hand": on_hand}),
+        )
+        .await
+    }
+
+    pub async fn stock(&self, sku: &str) -> TestResponse {
+        self.get(&format!("/inventory/{sku}")).await
+    }
+}

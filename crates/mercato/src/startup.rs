@@ -153,6 +153,17 @@ impl Application {
             },
         )));
 
+        let inventory = self.state.inventory.clone();
+        handles.push(tokio::spawn(run_worker(
+            "reservation-expiry",
+            sweep,
+            self.shutdown.clone(),
+            move || {
+                let inventory = inventory.clone();
+                async move { inventory.expire_due().await }
+            },
+        )));
+
         let db = self.state.kernel.db.clone();
         let clock = self.state.kernel.clock.clone();
         handles.push(tokio::spawn(run_worker(

@@ -9,6 +9,7 @@ mod garbage;
 mod health;
 mod idempotency;
 mod identity;
+mod inventory;
 mod outbox;
 
 pub fn unique_email(tag: &str) -> String {
