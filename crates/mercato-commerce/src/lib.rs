@@ -5,6 +5,7 @@
 
 pub mod cart;
 pub mod catalog;
+pub mod gateway;
 pub mod identity;
 pub mod inventory;
 pub mod seams;
