@@ -5,9 +5,14 @@
 
 pub mod cart;
 pub mod catalog;
+pub mod checkout;
+pub mod fraud;
 pub mod gateway;
 pub mod identity;
 pub mod inventory;
+pub mod orders;
+pub mod payments;
+pub mod pricing;
 pub mod seams;
 
 use axum::extract::FromRef;
@@ -22,6 +27,9 @@ pub struct AppState {
     pub catalog: catalog::CatalogService,
     pub carts: cart::CartService,
     pub inventory: inventory::InventoryService,
+    pub payments: payments::PaymentService,
+    pub orders: orders::OrderService,
+    pub checkout: checkout::CheckoutService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -32,7 +40,12 @@ impl FromRef<AppState> for Kernel {
 
 impl AppState {
     /// Builds every commerce service on top of the kernel.
-    pub fn build(kernel: Kernel, jwt_secret: &[u8]) -> anyhow::Result<AppState> {
+    pub fn build(
+        kernel: Kernel,
+        jwt_secret: &[u8],
+        gateway: std::sync::Arc<dyn gateway::PaymentGateway>,
+        webhook_secret: String,
+    ) -> anyhow::Result<AppState> {
         let identity = identity::IdentityService::new(kernel.clone(), jwt_secret)?;
         let catalog = catalog::CatalogService::new(
             kernel.clone(),
@@ -49,12 +62,33 @@ impl AppState {
         let inventory = inventory::InventoryService::new(kernel.clone(), catalog.clone());
         catalog.set_stock_levels(std::sync::Arc::new(inventory.clone()));
         carts.set_stock_levels(std::sync::Arc::new(inventory.clone()));
+        let payments = payments::PaymentService::new(kernel.clone(), gateway, webhook_secret);
+        let orders = orders::OrderService::new(kernel.clone(), payments.clone());
+        payments.set_refund_listener(std::sync::Arc::new(orders.clone()));
+        catalog.set_purchase_verifier(std::sync::Arc::new(orders.clone()));
+        kernel
+            .bus
+            .subscribe(std::sync::Arc::new(orders::OrderFlagger(orders.clone())));
+        let checkout = checkout::CheckoutService::new(
+            kernel.clone(),
+            checkout::service::Parts {
+                carts: carts.clone(),
+                catalog: catalog.clone(),
+                identity: identity.clone(),
+                payments: payments.clone(),
+                orders: orders.clone(),
+            },
+        )?;
+        payments.set_outcome_listener(std::sync::Arc::new(checkout.clone()));
         Ok(AppState {
             kernel,
             identity,
             catalog,
             carts,
             inventory,
+            payments,
+            orders,
+            checkout,
         })
     }
 }
@@ -66,4 +100,7 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(catalog::http::router())
         .merge(cart::http::router())
         .merge(inventory::http::router())
+        .merge(payments::http::router())
+        .merge(orders::http::router())
+        .merge(checkout::http::router())
 }

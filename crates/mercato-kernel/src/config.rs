@@ -105,12 +105,32 @@ settings! {
     guest_cart_ttl_days: i64 = 30;
     /// Currency of new carts when the client names none (ISO 4217).
     default_currency: String = "USD".into();
+    /// Shipping rates: `method:COUNTRY=minor units`, comma-separated; `*` = any country.
+    shipping_rates: String = "standard:*=999,standard:US=499,express:*=2499,express:US=1499".into();
+    /// Tax rates in basis points: `CC-REGION=bps`, `CC=bps`, `*=bps`, comma-separated.
+    tax_rates: String = "US-CA=725,US-NY=400,US-TX=625,US=0,CA=500,GB=2000,FR=2000,DE=1900,ES=2100,IT=2200,NL=2100,*=0".into();
     /// How often payment reconciliation runs, seconds.
     reconcile_every_secs: u64 = 60;
+    /// A checkout saga untouched this long is resumed or compensated by the recovery worker, seconds.
+    saga_stuck_after_secs: u64 = 30;
+    /// Orders above this total (minor units) are blocked by the fraud check.
+    fraud_block_amount: i64 = 5_000_000;
+    /// Orders above this total (minor units) are accepted but flagged for review.
+    fraud_review_amount: i64 = 1_000_000;
+    /// Payment attempts per customer per hour above which the fraud check blocks.
+    fraud_max_attempts_per_hour: i64 = 10;
     /// Payment gateway base URL (unset = the in-process simulator).
     gateway_url: Option<String> = None;
     /// Payment gateway request timeout, milliseconds.
     gateway_timeout_ms: u64 = 3000;
+    /// API key sent to the payment gateway (the in-process simulator accepts the default).
+    gateway_api_key: String = "sk_test_mercato".into();
+    /// HMAC secret of gateway webhooks (required with gateway_url; random per process for the in-process simulator).
+    gateway_webhook_secret: Option<String> = None;
+    /// In-process simulator: how long tok_timeout* answers are held back, milliseconds.
+    gateway_sim_hang_ms: u64 = 10_000;
+    /// In-process simulator: latency added to every request, milliseconds.
+    gateway_sim_latency_ms: u64 = 0;
     /// SMTP server URL for email notifications.
     smtp_url: Option<String> = None;
     /// SMS provider endpoint.

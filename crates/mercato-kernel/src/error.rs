@@ -78,6 +78,18 @@ error_codes! {
     // --- inventory ---
     BelowReserved => (409, "below_reserved", "On-hand stock cannot go below what is reserved");
     WarehouseCodeTaken => (409, "warehouse_code_taken", "A warehouse with this code already exists");
+    // --- checkout, payments, orders ---
+    CartEmpty => (409, "cart_empty", "The cart is empty");
+    CouponInvalid => (422, "coupon_invalid", "The coupon code is not valid");
+    CheckoutExpired => (409, "checkout_expired", "The checkout has expired");
+    CheckoutNotOpen => (409, "checkout_not_open", "The checkout is not open for payment");
+    PaymentDeclined => (402, "payment_declined", "The payment was declined");
+    PaymentUnavailable => (503, "payment_unavailable", "The payment provider is unavailable; nothing was charged");
+    FraudBlocked => (403, "fraud_blocked", "The order was blocked by fraud checks; nothing was charged");
+    RefundExceedsCapture => (422, "refund_exceeds_capture", "The refund would exceed what was captured");
+    InvalidTransition => (409, "invalid_transition", "The order cannot change to that status");
+    InvalidSignature => (400, "invalid_signature", "The webhook signature is missing or invalid");
+    ReturnNotAllowed => (409, "return_not_allowed", "This order cannot be returned");
 }
 
 /// One failed field of a 422.
@@ -185,6 +197,40 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         self.code.status()
     }
+
+    /// The problem+json body as bytes (for responses stored for idempotent replay inside a
+    /// business transaction). The live response is built from the same bytes.
+    pub fn to_body(&self) -> Vec<u8> {
+        let mut body = Map::new();
+        body.insert(
+            "type".into(),
+            Value::String(format!(
+                "https://mercato.dev/problems/{}",
+                self.code.as_str()
+            )),
+        );
+        body.insert("title".into(), Value::String(self.code.title().into()));
+        body.insert("status".into(), Value::from(self.status().as_u16()));
+        if let Some(d) = &self.detail
+            && !self.status().is_server_error()
+        {
+            body.insert("detail".into(), Value::String(d.clone()));
+        }
+        body.insert("code".into(), Value::String(self.code.as_str().into()));
+        if let Some(id) = crate::http::current_request_id() {
+            body.insert("request_id".into(), Value::String(id));
+        }
+        if !self.errors.is_empty() {
+            body.insert(
+                "errors".into(),
+                serde_json::to_value(&self.errors).unwrap_or(Value::Null),
+            );
+        }
+        for (k, v) in &self.extra {
+            body.entry(k.clone()).or_insert(v.clone());
+        }
+        serde_json::to_vec(&Value::Object(body)).unwrap_or_default()
+    }
 }
 
 impl std::fmt::Display for ApiError {
@@ -219,7 +265,12 @@ impl From<crate::db::StoreError> for ApiError {
         use crate::db::StoreError;
         match e {
             StoreError::NotFound => ApiError::not_found(),
-            StoreError::Conflict(what) => ApiError::conflict(what),
+            // The store's message names tables and constraints: logged, never sent.
+            StoreError::Conflict(_) => {
+                let mut err = ApiError::conflict("the request conflicts with the current state");
+                err.source = Some(e.into());
+                err
+            }
             StoreError::Unavailable(_) => {
                 let mut err = ApiError::new(Code::Unavailable).retry_after(1);
                 err.source = Some(e.into());

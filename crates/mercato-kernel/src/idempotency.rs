@@ -92,7 +92,12 @@ impl Idempotency {
         let Some(claim) = &self.0 else {
             return Ok(());
         };
-        let headers = serde_json::json!({"content-type": "application/json"}).to_string();
+        let content_type = if status.is_client_error() || status.is_server_error() {
+            "application/problem+json"
+        } else {
+            "application/json"
+        };
+        let headers = serde_json::json!({"content-type": content_type}).to_string();
         sqlx::query(
             "UPDATE idempotency_keys SET state = 'completed', status_code = $1, \
              response_headers = $2, response_body = $3 \
@@ -141,10 +146,13 @@ pub fn json_bytes<T: serde::Serialize>(v: &T) -> Vec<u8> {
 /// Builds the response for bytes produced by [`json_bytes`].
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response {
     let mut r = (status, body).into_response();
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    let content_type = if status.is_client_error() || status.is_server_error() {
+        "application/problem+json"
+    } else {
+        "application/json"
+    };
+    r.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     r
 }
 

@@ -25,5 +25,5 @@ pub mod telemetry;
 
 pub use clock::{Clock, SharedClock, Timestamp};
 pub use error::{ApiError, Code};
-pub use kernel_state::Kernel;
+pub use kernel_state::{Failpoints, Kernel};
 pub use money::{Currency, Money};

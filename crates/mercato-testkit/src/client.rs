@@ -351,3 +351,40 @@ impl Client {
         self.get(&format!("/inventory/{sku}")).await
     }
 }
+
+impl Client {
+    /// POSTs and, while the answer is 409 `idempotency_key_in_use`, waits `Retry-After` (capped
+    /// short for tests) and tries again — what a well-behaved client does.
+    pub async fn post_idem_patiently(&self, path: &str, body: Value, key: &str) -> TestResponse {
+        for _ in 0..200 {
+            let r = self.post_idem(path, body.clone(), key).await;
+            if r.status == 409 && r.code() == "idempotency_key_in_use" {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+            return r;
+        }
+        self.post_idem(path, body, key).await
+    }
+
+    pub async fn checkout(&self, cart_id: &str, address: Value) -> TestResponse {
+        self.post(
+            "/checkouts",
+            json!({"cart_id": cart_id, "shipping_address": address}),
+        )
+        .await
+    }
+
+    pub async fn pay(&self, checkout_id: &str, token: &str, key: &str) -> TestResponse {
+        self.post_idem(
+            &format!("/checkouts/{checkout_id}/pay"),
+            json!({"payment_method": "card", "payment_token": token}),
+            key,
+        )
+        .await
+    }
+
+    pub async fn order(&self, id: &str) -> TestResponse {
+        self.get(&format!("/orders/{id}")).await
+    }
+}

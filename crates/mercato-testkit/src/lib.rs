@@ -54,6 +54,8 @@ pub struct TestApp {
     pub bus: Arc<EmbeddedBus>,
     pub clock: Arc<TestClock>,
     pub settings: Settings,
+    /// The in-process payment gateway simulator (inspect charges and refunds, inject faults).
+    pub gateway: std::sync::Arc<mercato_gateway_sim::GatewaySim>,
     stopper: ShutdownTrigger,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _data_dir: tempfile::TempDir,
@@ -82,6 +84,8 @@ pub fn test_settings(data_dir: &std::path::Path) -> Settings {
         outbox_max_attempts: 3,
         outbox_poll_ms: 20,
         jwt_secret: Some("test-secret-test-secret-test-secret!".into()),
+        gateway_timeout_ms: 500,
+        gateway_sim_hang_ms: 2_000,
         ..Settings::default()
     }
 }
@@ -99,6 +103,8 @@ pub async fn spawn_app_with(configure: impl FnOnce(&mut Settings)) -> TestApp {
 }
 
 async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<TestApp> {
+    // Warnings and errors of the app show in a failing test's output (RUST_LOG overrides).
+    mercato_kernel::telemetry::init_tracing("pretty", "warn");
     let data_dir = tempfile::tempdir()?;
     let mut settings = test_settings(data_dir.path());
     let pg = match postgres::admin_url() {
@@ -126,6 +132,9 @@ async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<Test
         .ok_or_else(|| anyhow::anyhow!("the test app has no listener"))?;
     let state = app.state().clone();
     let bus = app.bus();
+    let gateway = app
+        .gateway_sim()
+        .ok_or_else(|| anyhow::anyhow!("tests run with the in-process gateway simulator"))?;
     let stopper = app.stopper();
     let server = tokio::spawn(app.run_until(std::future::pending()));
     let address = format!("http://{addr}");
@@ -136,6 +145,7 @@ async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<Test
         bus,
         clock,
         settings,
+        gateway,
         stopper,
         server: Some(server),
         _data_dir: data_dir,

@@ -2,6 +2,8 @@
 
 use anyhow::Context as _;
 use mercato_commerce::AppState;
+use mercato_commerce::gateway::{HttpGateway, HttpGatewayConfig, PaymentGateway};
+use mercato_gateway_sim::{GatewaySim, SimConfig};
 use mercato_kernel::Kernel;
 use mercato_kernel::clock::{SharedClock, SystemClock};
 use mercato_kernel::config::Settings;
@@ -35,6 +37,7 @@ pub struct Application {
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
+    gateway_sim: Option<Arc<GatewaySim>>,
 }
 
 /// Connects to the configured database and applies migrations.
@@ -56,11 +59,72 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<Db> {
     Ok(db)
 }
 
+/// The payment gateway in use: the configured one, or the simulator started in-process.
+pub struct GatewaySetup {
+    pub gateway: Arc<dyn PaymentGateway>,
+    pub webhook_secret: String,
+    /// The in-process simulator (when `gateway_url` is unset).
+    pub sim: Option<Arc<GatewaySim>>,
+}
+
+async fn gateway_setup(settings: &Settings) -> anyhow::Result<GatewaySetup> {
+    let timeout = Duration::from_millis(settings.gateway_timeout_ms.max(1));
+    match &settings.gateway_url {
+        Some(url) => {
+            let secret = settings.gateway_webhook_secret.clone().ok_or_else(|| {
+                anyhow::anyhow!("gateway_webhook_secret is required with gateway_url")
+            })?;
+            let mut cfg = HttpGatewayConfig::new(url.clone(), settings.gateway_api_key.clone());
+            cfg.timeout = timeout;
+            let gw = HttpGateway::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(GatewaySetup {
+                gateway: Arc::new(gw),
+                webhook_secret: secret,
+                sim: None,
+            })
+        }
+        None => {
+            let secret = settings
+                .gateway_webhook_secret
+                .clone()
+                .unwrap_or_else(|| mercato_kernel::id::random_hex(24));
+            let sim = GatewaySim::start(SimConfig {
+                api_key: settings.gateway_api_key.clone(),
+                hang: Duration::from_millis(settings.gateway_sim_hang_ms),
+                latency: Duration::from_millis(settings.gateway_sim_latency_ms),
+                ..SimConfig::default()
+            })
+            .await
+            .context("starting the in-process payment gateway simulator")?;
+            let mut cfg = HttpGatewayConfig::new(sim.base_url(), settings.gateway_api_key.clone());
+            cfg.timeout = timeout;
+            cfg.name = "simulator".into();
+            let gw = HttpGateway::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+            Ok(GatewaySetup {
+                gateway: Arc::new(gw),
+                webhook_secret: secret,
+                sim: Some(Arc::new(sim)),
+            })
+        }
+    }
+}
+
 /// Builds the shared kernel and every service (no listener, no workers): also used by the CLI.
 pub async fn build_state(
     settings: Settings,
     clock: Option<SharedClock>,
 ) -> anyhow::Result<(AppState, Arc<EmbeddedBus>)> {
+    let (state, bus, gw) = build_state_with_gateway(settings, clock).await?;
+    if let Some(sim) = gw.sim.and_then(|s| Arc::try_unwrap(s).ok()) {
+        sim.stop().await;
+    }
+    Ok((state, bus))
+}
+
+async fn build_state_with_gateway(
+    settings: Settings,
+    clock: Option<SharedClock>,
+) -> anyhow::Result<(AppState, Arc<EmbeddedBus>, GatewaySetup)> {
     let db = connect_database(&settings).await?;
     let clock: SharedClock = clock.unwrap_or_else(|| Arc::new(SystemClock));
     let bus = Arc::new(EmbeddedBus::new(
@@ -83,9 +147,16 @@ pub async fn build_state(
         clock: clock.clone(),
         bus: bus.clone(),
         rate_limiter: Arc::new(MemoryRateLimiter::new(clock)),
+        failpoints: mercato_kernel::Failpoints::default(),
     };
-    let state = AppState::build(kernel, &jwt_secret)?;
-    Ok((state, bus))
+    let gw = gateway_setup(&kernel.settings).await?;
+    let state = AppState::build(
+        kernel,
+        &jwt_secret,
+        gw.gateway.clone(),
+        gw.webhook_secret.clone(),
+    )?;
+    Ok((state, bus, gw))
 }
 
 impl Application {
@@ -94,7 +165,7 @@ impl Application {
         let _ = mercato_kernel::telemetry::prometheus();
         let role = settings.process_role()?;
         let addr = settings.addr.clone();
-        let (state, bus) = build_state(settings, opts.clock).await?;
+        let (state, bus, gw) = build_state_with_gateway(settings, opts.clock).await?;
         let listener = if role.runs_api() {
             Some(match opts.listener {
                 Some(l) => l,
@@ -106,6 +177,13 @@ impl Application {
             None
         };
         let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        // The in-process simulator sends its webhooks to this process's API.
+        if let (Some(sim), Some(addr)) = (&gw.sim, local_addr) {
+            sim.set_webhook(
+                format!("http://{addr}/api/v1/webhooks/gateway"),
+                gw.webhook_secret.clone(),
+            );
+        }
         let (trigger, shutdown) = shutdown::channel();
         Ok(Application {
             listener,
@@ -115,6 +193,7 @@ impl Application {
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
+            gateway_sim: gw.sim,
         })
     }
 
@@ -129,6 +208,11 @@ impl Application {
 
     pub fn bus(&self) -> Arc<EmbeddedBus> {
         self.bus.clone()
+    }
+
+    /// The in-process payment gateway simulator, when `gateway_url` is unset.
+    pub fn gateway_sim(&self) -> Option<Arc<GatewaySim>> {
+        self.gateway_sim.clone()
     }
 
     /// A handle that stops the application (same as SIGTERM).
@@ -150,6 +234,48 @@ impl Application {
             move || {
                 let carts = carts.clone();
                 async move { carts.expire_guest_carts().await }
+            },
+        )));
+
+        let checkout = self.state.checkout.clone();
+        handles.push(tokio::spawn(run_worker(
+            "checkout-expiry",
+            sweep,
+            self.shutdown.clone(),
+            move || {
+                let checkout = checkout.clone();
+                async move { checkout.expire_due().await }
+            },
+        )));
+        let checkout = self.state.checkout.clone();
+        handles.push(tokio::spawn(run_worker(
+            "saga-recovery",
+            sweep,
+            self.shutdown.clone(),
+            move || {
+                let checkout = checkout.clone();
+                async move { checkout.recover_stuck().await }
+            },
+        )));
+        let checkout = self.state.checkout.clone();
+        let reconcile = Duration::from_secs(self.state.kernel.settings.reconcile_every_secs.max(1));
+        handles.push(tokio::spawn(run_worker(
+            "payment-reconciliation",
+            reconcile,
+            self.shutdown.clone(),
+            move || {
+                let checkout = checkout.clone();
+                async move { checkout.reconcile().await }
+            },
+        )));
+        let payments = self.state.payments.clone();
+        handles.push(tokio::spawn(run_worker(
+            "refund-retry",
+            Duration::from_secs(2),
+            self.shutdown.clone(),
+            move || {
+                let payments = payments.clone();
+                async move { payments.retry_refunds().await }
             },
         )));
 
@@ -229,6 +355,9 @@ impl Application {
         }
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        if let Some(sim) = self.gateway_sim.and_then(|s| Arc::try_unwrap(s).ok()) {
+            sim.stop().await;
         }
         self.state.kernel.db.close().await;
         tracing::info!("stopped");

@@ -302,6 +302,29 @@ impl InventoryService {
             .await?)
     }
 
+    /// A checkout's reservations (read by checkout views).
+    pub async fn reservations_of(
+        db: &mercato_kernel::db::Db,
+        checkout_id: &str,
+    ) -> Result<Vec<Reservation>, StoreError> {
+        InventoryStore::new(db.clone())
+            .reservations(checkout_id)
+            .await
+    }
+
+    /// Checkouts holding active reservations (reconciliation looks for dead ones).
+    pub async fn checkouts_with_active_reservations(
+        db: &mercato_kernel::db::Db,
+        limit: i64,
+    ) -> Result<Vec<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT checkout_id FROM reservations WHERE status = 'active' LIMIT $1",
+        )
+        .bind(limit)
+        .fetch_all(db.reader())
+        .await?)
+    }
+
     pub async fn reservations(
         &self,
         checkout_id: &str,

@@ -32,9 +32,16 @@ impl From<sqlx::Error> for StoreError {
                 StoreError::Unavailable(e.to_string())
             }
             sqlx::Error::Database(db) => match db.kind() {
-                ErrorKind::UniqueViolation => StoreError::Conflict("unique".into()),
-                ErrorKind::CheckViolation => StoreError::Conflict("check".into()),
-                ErrorKind::ForeignKeyViolation => StoreError::Conflict("foreign_key".into()),
+                // The message names the constraint: kept for logs, never matched on.
+                ErrorKind::UniqueViolation => {
+                    StoreError::Conflict(format!("unique: {}", db.message()))
+                }
+                ErrorKind::CheckViolation => {
+                    StoreError::Conflict(format!("check: {}", db.message()))
+                }
+                ErrorKind::ForeignKeyViolation => {
+                    StoreError::Conflict(format!("foreign key: {}", db.message()))
+                }
                 _ => {
                     let msg = db.message().to_ascii_lowercase();
                     if msg.contains("database is locked") || msg.contains("busy") {

@@ -3,6 +3,7 @@
 
 mod carts;
 mod catalog;
+mod checkout;
 mod cli;
 mod docs;
 mod garbage;
@@ -10,6 +11,7 @@ mod health;
 mod idempotency;
 mod identity;
 mod inventory;
+mod orders;
 mod outbox;
 
 pub fn unique_email(tag: &str) -> String {

@@ -179,12 +179,19 @@ async fn events_reach_consumers_in_log_order_and_the_offset_is_durable() {
         "effects: {}",
         h.effects.load(Ordering::SeqCst)
     );
-    let position: i64 = sqlx::query_scalar(
-        "SELECT position FROM consumer_offsets WHERE consumer = 'test-late-joiner'",
-    )
-    .fetch_one(app.state.kernel.db.reader())
-    .await
-    .unwrap_or_default();
+    // The offset advances after the batch's effects: wait for it.
+    let position: i64 = app
+        .eventually(Duration::from_secs(30), || async {
+            let p: i64 = sqlx::query_scalar(
+                "SELECT position FROM consumer_offsets WHERE consumer = 'test-late-joiner'",
+            )
+            .fetch_one(app.state.kernel.db.reader())
+            .await
+            .unwrap_or_default();
+            (p >= 5).then_some(p)
+        })
+        .await
+        .unwrap_or_default();
     let head: i64 = sqlx::query_scalar("SELECT position FROM outbox_log_head WHERE id = 1")
         .fetch_one(app.state.kernel.db.reader())
         .await

@@ -1,0 +1,123 @@
+//! Checkout routes and the admin view of sagas.
+
+use super::model::{Checkout, Saga};
+use super::service::{CreateCheckout, PayRequest, PayResult};
+use crate::AppState;
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::response::{IntoResponse, Response};
+use mercato_kernel::auth::{Principal, Role};
+use mercato_kernel::error::{ApiError, Problem};
+use mercato_kernel::http::{ApiJson, ApiQuery, created};
+use mercato_kernel::idempotency::{Idempotency, json_response};
+use mercato_kernel::pagination::{Page, PageQuery};
+use serde::Deserialize;
+use utoipa_axum::{router::OpenApiRouter, routes};
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(create_checkout))
+        .routes(routes!(get_checkout))
+        .routes(routes!(pay))
+        .routes(routes!(list_sagas))
+        .routes(routes!(retry_saga))
+}
+
+/// Start a checkout: re-validates the cart, reserves the stock (all lines or none) and locks
+/// prices until `expires_at`.
+#[utoipa::path(post, path = "/checkouts", tag = "checkout", request_body = CreateCheckout,
+    responses((status = 201, body = Checkout), (status = 409, body = Problem), (status = 422, body = Problem)),
+    security(("bearer" = [])))]
+async fn create_checkout(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiJson(req): ApiJson<CreateCheckout>,
+) -> Result<impl IntoResponse, ApiError> {
+    Ok(created(s.checkout.create(&p, req).await?))
+}
+
+/// A checkout (its customer only).
+#[utoipa::path(get, path = "/checkouts/{id}", tag = "checkout", params(("id" = String, Path)),
+    responses((status = 200, body = Checkout), (status = 404, body = Problem)), security(("bearer" = [])))]
+async fn get_checkout(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Checkout>, ApiError> {
+    Ok(Json(s.checkout.get(&id, &p).await?))
+}
+
+/// Pay (`Idempotency-Key` required): 201 confirmed; 402 `payment_declined` (stock released);
+/// 202 `pending_verification` when the gateway's answer is unknown; 409 `checkout_expired` or
+/// `checkout_not_open`; 403 `fraud_blocked`. Never charges twice.
+#[utoipa::path(post, path = "/checkouts/{id}/pay", tag = "checkout", params(("id" = String, Path)), request_body = PayRequest,
+    responses((status = 201, body = PayResult), (status = 202, body = PayResult), (status = 402, body = Problem),
+              (status = 403, body = Problem), (status = 409, body = Problem)),
+    security(("bearer" = [])))]
+async fn pay(
+    State(s): State<AppState>,
+    p: Principal,
+    idem: Idempotency,
+    Path(id): Path<String>,
+    ApiJson(req): ApiJson<PayRequest>,
+) -> Result<Response, ApiError> {
+    let r = s.checkout.pay(&id, &p, req, &idem).await?;
+    Ok(json_response(r.status, r.body))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct SagaQuery {
+    /// `running`, `awaiting_verification`, `completed`, `compensating`, `compensated`, `failed`.
+    pub status: Option<String>,
+    pub limit: Option<String>,
+    pub cursor: Option<String>,
+}
+
+/// Checkout sagas with their step logs, newest first (admin).
+#[utoipa::path(get, path = "/admin/sagas", tag = "admin", params(SagaQuery),
+    responses((status = 200, body = Page<Saga>)), security(("bearer" = [])))]
+async fn list_sagas(
+    State(s): State<AppState>,
+    p: Principal,
+    ApiQuery(q): ApiQuery<SagaQuery>,
+) -> Result<Json<Page<Saga>>, ApiError> {
+    p.require(&[Role::Admin])?;
+    if let Some(st) = q.status.as_deref()
+        && !matches!(
+            st,
+            "running"
+                | "awaiting_verification"
+                | "completed"
+                | "compensating"
+                | "compensated"
+                | "failed"
+        )
+    {
+        return Err(ApiError::invalid("status", "unknown saga status"));
+    }
+    let page = PageQuery {
+        limit: q.limit,
+        cursor: q.cursor,
+    }
+    .parse::<String>()?;
+    let rows = s
+        .checkout
+        .sagas(q.status.as_deref(), page.after, page.limit)
+        .await?;
+    Ok(Json(Page::from_rows(rows, page.limit, |s| s.id.clone())))
+}
+
+/// Settle a saga now by asking the gateway (admin).
+#[utoipa::path(post, path = "/admin/sagas/{id}/retry", tag = "admin", params(("id" = String, Path)),
+    responses((status = 200, body = Saga), (status = 404, body = Problem)), security(("bearer" = [])))]
+async fn retry_saga(
+    State(s): State<AppState>,
+    p: Principal,
+    Path(id): Path<String>,
+) -> Result<Json<Saga>, ApiError> {
+    p.require(&[Role::Admin])?;
+    if !mercato_kernel::id::is_valid("sga", &id) {
+        return Err(ApiError::not_found());
+    }
+    Ok(Json(s.checkout.retry_saga(&id).await?))
+}
