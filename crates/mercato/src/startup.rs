@@ -1,5 +1,6 @@
 //! Building and running the application: database, kernel, services, router, workers.
 
+use crate::gateway::GatewaySetup;
 use anyhow::Context as _;
 use mercato_commerce::AppState;
 use mercato_kernel::Kernel;
@@ -35,6 +36,7 @@ pub struct Application {
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
+    gateway: GatewaySetup,
 }
 
 /// Connects to the configured database and applies migrations.
@@ -94,6 +96,7 @@ impl Application {
         let _ = mercato_kernel::telemetry::prometheus();
         let role = settings.process_role()?;
         let addr = settings.addr.clone();
+        let gateway = crate::gateway::start_gateway(&settings).await?;
         let (state, bus) = build_state(settings, opts.clock).await?;
         let listener = if role.runs_api() {
             Some(match opts.listener {
@@ -106,6 +109,9 @@ impl Application {
             None
         };
         let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
+        if let Some(addr) = local_addr {
+            gateway.point_webhooks_at(addr);
+        }
         let (trigger, shutdown) = shutdown::channel();
         Ok(Application {
             listener,
@@ -115,6 +121,7 @@ impl Application {
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
+            gateway,
         })
     }
 
@@ -129,6 +136,12 @@ impl Application {
 
     pub fn bus(&self) -> Arc<EmbeddedBus> {
         self.bus.clone()
+    }
+
+    /// The payment gateway client, its webhook secret, and the in-process simulator (when
+    /// `gateway_url` is unset; its webhooks already point at this application's listener).
+    pub fn gateway(&self) -> &GatewaySetup {
+        &self.gateway
     }
 
     /// A handle that stops the application (same as SIGTERM).
@@ -218,6 +231,9 @@ impl Application {
         }
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        if let Some(sim) = self.gateway.simulator {
+            sim.stop().await;
         }
         self.state.kernel.db.close().await;
         tracing::info!("stopped");

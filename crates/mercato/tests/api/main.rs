@@ -6,6 +6,7 @@ mod catalog;
 mod cli;
 mod docs;
 mod garbage;
+mod gateway;
 mod health;
 mod idempotency;
 mod identity;
