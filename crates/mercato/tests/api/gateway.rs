@@ -54,6 +54,19 @@ async fn without_a_gateway_url_the_simulator_runs_in_process_and_calls_back_this
     let out = gateway.client.charge(charge("chk_wiring:pay:1")).await;
     assert!(matches!(out, Ok(ChargeOutcome::Captured { .. })), "{out:?}");
     assert_eq!(sim.captured_count("chk_wiring:pay:1"), 1);
+    let metrics = reqwest::Client::new()
+        .get(format!("http://{addr}/metrics"))
+        .send()
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("text");
+    assert!(
+        metrics.contains(r#"gateway_calls_total{operation="charge",outcome="captured"}"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("gateway_call_duration_seconds_bucket"));
     // The charge.succeeded webhook reached this application's listener (whatever it answered).
     let mut reached = false;
     for _ in 0..250 {
