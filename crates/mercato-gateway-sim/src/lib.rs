@@ -292,6 +292,11 @@ impl GatewaySim {
         self.core().webhook_target().map(|t| t.secret)
     }
 
+    /// Where webhooks go, when a target is set.
+    pub fn webhook_url(&self) -> Option<String> {
+        self.core().webhook_target().map(|t| t.url)
+    }
+
     pub fn knobs(&self) -> Knobs {
         self.core().lock().knobs.clone()
     }

@@ -91,6 +91,8 @@ pub struct Store {
     pub webhook: Option<WebhookTarget>,
     charges: Vec<Charge>,
     by_id: HashMap<String, usize>,
+    /// Positions in `charges` per reference, oldest first (reconciliation looks up by it).
+    by_reference: HashMap<String, Vec<usize>>,
     disputes: Vec<Dispute>,
     idempotency: HashMap<String, IdempotencyEntry>,
     events: Vec<Event>,
@@ -114,6 +116,7 @@ impl Store {
             webhook,
             charges: Vec::new(),
             by_id: HashMap::new(),
+            by_reference: HashMap::new(),
             disputes: Vec::new(),
             idempotency: HashMap::new(),
             events: Vec::new(),
@@ -224,6 +227,10 @@ impl Store {
             refunds: Vec::new(),
         };
         self.by_id.insert(charge.id.clone(), self.charges.len());
+        self.by_reference
+            .entry(charge.reference.clone())
+            .or_default()
+            .push(self.charges.len());
         self.charges.push(charge.clone());
         let kind = if declined.is_some() {
             event_type::CHARGE_FAILED
@@ -244,12 +251,21 @@ impl Store {
 
     /// Charges with this reference, newest first; every charge when `reference` is `None`.
     pub fn charges_by_reference(&self, reference: Option<&str>) -> Vec<Charge> {
-        self.charges
-            .iter()
-            .rev()
-            .filter(|c| reference.is_none_or(|r| c.reference == r))
-            .cloned()
-            .collect()
+        match reference {
+            None => self.charges.iter().rev().cloned().collect(),
+            Some(r) => self
+                .by_reference
+                .get(r)
+                .map(|positions| {
+                    positions
+                        .iter()
+                        .rev()
+                        .filter_map(|i| self.charges.get(*i))
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+        }
     }
 
     // --- refunds ---

@@ -123,14 +123,6 @@ settings! {
     gateway_url: Option<String> = None;
     /// Payment gateway request timeout, milliseconds.
     gateway_timeout_ms: u64 = 3000;
-    /// API key sent to the payment gateway (the in-process simulator accepts the default).
-    gateway_api_key: String = "sk_test_mercato".into();
-    /// HMAC secret of gateway webhooks (required with gateway_url; random per process for the in-process simulator).
-    gateway_webhook_secret: Option<String> = None;
-    /// In-process simulator: how long tok_timeout* answers are held back, milliseconds.
-    gateway_sim_hang_ms: u64 = 10_000;
-    /// In-process simulator: latency added to every request, milliseconds.
-    gateway_sim_latency_ms: u64 = 0;
     /// SMTP server URL for email notifications.
     smtp_url: Option<String> = None;
     /// SMS provider endpoint.
@@ -165,6 +157,14 @@ settings! {
     outbox_backoff_base_ms: u64 = 1000;
     /// How often idle bus workers poll, milliseconds.
     outbox_poll_ms: u64 = 100;
+    /// API key sent to the payment gateway (and accepted by the simulator).
+    gateway_api_key: String = "sk_test_mercato".into();
+    /// Secret of the gateway's webhook signatures; required with `gateway_url` (unset = random per process for the in-process simulator).
+    gateway_webhook_secret: Option<String> = None;
+    /// How long the simulator holds back answers to `tok_timeout*`, milliseconds.
+    gateway_sim_hang_ms: u64 = 10_000;
+    /// Latency the simulator adds to every API request, milliseconds.
+    gateway_sim_latency_ms: u64 = 0;
 }
 
 trait FromSetting: Sized {
@@ -265,6 +265,12 @@ impl Settings {
         {
             bail!("jwt_secret must be at least 32 characters");
         }
+        if self.gateway_url.is_some() && self.gateway_webhook_secret.is_none() {
+            bail!("gateway_webhook_secret must be set when gateway_url is set");
+        }
+        if self.gateway_timeout_ms == 0 {
+            bail!("gateway_timeout_ms must be at least 1");
+        }
         Ok(())
     }
 
@@ -305,6 +311,24 @@ mod tests {
         let env = vec![("MERCATO_SWEEP_EVERY_SECS".to_string(), "soon".to_string())];
         let err = Settings::load(None, env).expect_err("must fail");
         assert!(format!("{err:#}").contains("MERCATO_SWEEP_EVERY_SECS"));
+    }
+
+    #[test]
+    fn an_external_gateway_needs_a_webhook_secret() {
+        let env = vec![(
+            "MERCATO_GATEWAY_URL".to_string(),
+            "http://127.0.0.1:8090".to_string(),
+        )];
+        let err = Settings::load(None, env.clone()).expect_err("must fail");
+        assert!(format!("{err:#}").contains("gateway_webhook_secret"));
+        let mut env = env;
+        env.push((
+            "MERCATO_GATEWAY_WEBHOOK_SECRET".to_string(),
+            "whsec_x".to_string(),
+        ));
+        let s = Settings::load(None, env).expect("load");
+        assert_eq!(s.gateway_webhook_secret.as_deref(), Some("whsec_x"));
+        assert_eq!(s.gateway_api_key, "sk_test_mercato");
     }
 
     #[test]

@@ -55,7 +55,7 @@ pub struct TestApp {
     pub clock: Arc<TestClock>,
     pub settings: Settings,
     /// The in-process payment gateway simulator (inspect charges and refunds, inject faults).
-    pub gateway: std::sync::Arc<mercato_gateway_sim::GatewaySim>,
+    pub gateway: mercato_gateway_sim::GatewaySim,
     stopper: ShutdownTrigger,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
     _data_dir: tempfile::TempDir,
@@ -133,7 +133,9 @@ async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<Test
     let state = app.state().clone();
     let bus = app.bus();
     let gateway = app
-        .gateway_sim()
+        .gateway()
+        .simulator
+        .clone()
         .ok_or_else(|| anyhow::anyhow!("tests run with the in-process gateway simulator"))?;
     let stopper = app.stopper();
     let server = tokio::spawn(app.run_until(std::future::pending()));

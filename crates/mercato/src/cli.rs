@@ -25,6 +25,8 @@ pub enum Command {
     Migrate,
     /// Load-test a scenario against the real HTTP API and print latencies and invariants.
     Bench(crate::bench::BenchArgs),
+    /// Run the payment gateway simulator as its own process.
+    GatewaySim(crate::gateway::GatewaySimArgs),
     /// Administrative tasks.
     Admin {
         #[command(subcommand)]

@@ -45,6 +45,7 @@ async fn run(cli: Cli, settings: mercato_kernel::config::Settings) -> anyhow::Re
             app.run_until(shutdown_signal()).await
         }
         Command::Bench(args) => mercato::bench::run(args).await,
+        Command::GatewaySim(args) => mercato::gateway::run_simulator(args, &settings).await,
         Command::Migrate => {
             let db = connect_database(&settings).await?;
             let versions = mercato_kernel::db::Db::migration_versions(db.backend());

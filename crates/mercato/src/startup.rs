@@ -1,9 +1,8 @@
 //! Building and running the application: database, kernel, services, router, workers.
 
+use crate::gateway::GatewaySetup;
 use anyhow::Context as _;
 use mercato_commerce::AppState;
-use mercato_commerce::gateway::{HttpGateway, HttpGatewayConfig, PaymentGateway};
-use mercato_gateway_sim::{GatewaySim, SimConfig};
 use mercato_kernel::Kernel;
 use mercato_kernel::clock::{SharedClock, SystemClock};
 use mercato_kernel::config::Settings;
@@ -37,7 +36,7 @@ pub struct Application {
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
-    gateway_sim: Option<Arc<GatewaySim>>,
+    gateway: GatewaySetup,
 }
 
 /// Connects to the configured database and applies migrations.
@@ -59,63 +58,13 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<Db> {
     Ok(db)
 }
 
-/// The payment gateway in use: the configured one, or the simulator started in-process.
-pub struct GatewaySetup {
-    pub gateway: Arc<dyn PaymentGateway>,
-    pub webhook_secret: String,
-    /// The in-process simulator (when `gateway_url` is unset).
-    pub sim: Option<Arc<GatewaySim>>,
-}
-
-async fn gateway_setup(settings: &Settings) -> anyhow::Result<GatewaySetup> {
-    let timeout = Duration::from_millis(settings.gateway_timeout_ms.max(1));
-    match &settings.gateway_url {
-        Some(url) => {
-            let secret = settings.gateway_webhook_secret.clone().ok_or_else(|| {
-                anyhow::anyhow!("gateway_webhook_secret is required with gateway_url")
-            })?;
-            let mut cfg = HttpGatewayConfig::new(url.clone(), settings.gateway_api_key.clone());
-            cfg.timeout = timeout;
-            let gw = HttpGateway::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(GatewaySetup {
-                gateway: Arc::new(gw),
-                webhook_secret: secret,
-                sim: None,
-            })
-        }
-        None => {
-            let secret = settings
-                .gateway_webhook_secret
-                .clone()
-                .unwrap_or_else(|| mercato_kernel::id::random_hex(24));
-            let sim = GatewaySim::start(SimConfig {
-                api_key: settings.gateway_api_key.clone(),
-                hang: Duration::from_millis(settings.gateway_sim_hang_ms),
-                latency: Duration::from_millis(settings.gateway_sim_latency_ms),
-                ..SimConfig::default()
-            })
-            .await
-            .context("starting the in-process payment gateway simulator")?;
-            let mut cfg = HttpGatewayConfig::new(sim.base_url(), settings.gateway_api_key.clone());
-            cfg.timeout = timeout;
-            cfg.name = "simulator".into();
-            let gw = HttpGateway::new(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-            Ok(GatewaySetup {
-                gateway: Arc::new(gw),
-                webhook_secret: secret,
-                sim: Some(Arc::new(sim)),
-            })
-        }
-    }
-}
-
 /// Builds the shared kernel and every service (no listener, no workers): also used by the CLI.
 pub async fn build_state(
     settings: Settings,
     clock: Option<SharedClock>,
 ) -> anyhow::Result<(AppState, Arc<EmbeddedBus>)> {
     let (state, bus, gw) = build_state_with_gateway(settings, clock).await?;
-    if let Some(sim) = gw.sim.and_then(|s| Arc::try_unwrap(s).ok()) {
+    if let Some(sim) = gw.simulator {
         sim.stop().await;
     }
     Ok((state, bus))
@@ -149,11 +98,11 @@ async fn build_state_with_gateway(
         rate_limiter: Arc::new(MemoryRateLimiter::new(clock)),
         failpoints: mercato_kernel::Failpoints::default(),
     };
-    let gw = gateway_setup(&kernel.settings).await?;
+    let gw = crate::gateway::start_gateway(&kernel.settings).await?;
     let state = AppState::build(
         kernel,
         &jwt_secret,
-        gw.gateway.clone(),
+        gw.client.clone(),
         gw.webhook_secret.clone(),
     )?;
     Ok((state, bus, gw))
@@ -165,7 +114,7 @@ impl Application {
         let _ = mercato_kernel::telemetry::prometheus();
         let role = settings.process_role()?;
         let addr = settings.addr.clone();
-        let (state, bus, gw) = build_state_with_gateway(settings, opts.clock).await?;
+        let (state, bus, gateway) = build_state_with_gateway(settings, opts.clock).await?;
         let listener = if role.runs_api() {
             Some(match opts.listener {
                 Some(l) => l,
@@ -177,12 +126,8 @@ impl Application {
             None
         };
         let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
-        // The in-process simulator sends its webhooks to this process's API.
-        if let (Some(sim), Some(addr)) = (&gw.sim, local_addr) {
-            sim.set_webhook(
-                format!("http://{addr}/api/v1/webhooks/gateway"),
-                gw.webhook_secret.clone(),
-            );
+        if let Some(addr) = local_addr {
+            gateway.point_webhooks_at(addr);
         }
         let (trigger, shutdown) = shutdown::channel();
         Ok(Application {
@@ -193,7 +138,7 @@ impl Application {
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
-            gateway_sim: gw.sim,
+            gateway,
         })
     }
 
@@ -210,9 +155,10 @@ impl Application {
         self.bus.clone()
     }
 
-    /// The in-process payment gateway simulator, when `gateway_url` is unset.
-    pub fn gateway_sim(&self) -> Option<Arc<GatewaySim>> {
-        self.gateway_sim.clone()
+    /// The payment gateway client, its webhook secret, and the in-process simulator (when
+    /// `gateway_url` is unset; its webhooks already point at this application's listener).
+    pub fn gateway(&self) -> &GatewaySetup {
+        &self.gateway
     }
 
     /// A handle that stops the application (same as SIGTERM).
@@ -356,7 +302,7 @@ impl Application {
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
         }
-        if let Some(sim) = self.gateway_sim.and_then(|s| Arc::try_unwrap(s).ok()) {
+        if let Some(sim) = self.gateway.simulator {
             sim.stop().await;
         }
         self.state.kernel.db.close().await;

@@ -24,7 +24,7 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 /// How [`HttpGateway`] talks to the gateway.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct HttpGatewayConfig {
     /// e.g. `http://127.0.0.1:8090` (the API is under `/v1`).
     pub base_url: String,
@@ -42,6 +42,22 @@ pub struct HttpGatewayConfig {
     pub breaker_cool_down: Duration,
     /// [`PaymentGateway::name`].
     pub name: String,
+}
+
+impl std::fmt::Debug for HttpGatewayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Never print the API key.
+        f.debug_struct("HttpGatewayConfig")
+            .field("base_url", &self.base_url)
+            .field("timeout", &self.timeout)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_base", &self.retry_base)
+            .field("retry_max", &self.retry_max)
+            .field("breaker_threshold", &self.breaker_threshold)
+            .field("breaker_cool_down", &self.breaker_cool_down)
+            .field("name", &self.name)
+            .finish_non_exhaustive()
+    }
 }
 
 impl HttpGatewayConfig {

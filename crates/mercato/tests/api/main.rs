@@ -7,6 +7,7 @@ mod checkout;
 mod cli;
 mod docs;
 mod garbage;
+mod gateway;
 mod health;
 mod idempotency;
 mod identity;
