@@ -65,6 +65,11 @@ error_codes! {
     InvalidTransitionStatus => (409, "status_unchanged", "The account already has this status");
     // --- outbox / admin ---
     NotDeadLetter => (409, "not_dead_letter", "Only dead-lettered deliveries can be redelivered");
+    // --- notifications ---
+    UnknownNotificationType => (422, "unknown_notification_type", "The notification type is not registered");
+    TemplateInvalid => (422, "template_invalid", "The template does not compile or render");
+    TemplateVersionConflict => (409, "template_version_conflict", "The template changed since the version you edited");
+    InvalidWebhook => (400, "invalid_webhook", "The webhook is from an unknown provider or its signature is invalid");
 }
 
 /// One failed field of a 422.

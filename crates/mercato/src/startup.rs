@@ -32,6 +32,7 @@ pub struct Application {
     local_addr: Option<SocketAddr>,
     state: AppState,
     bus: Arc<EmbeddedBus>,
+    notify: mercato_notify::Notifier,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
@@ -107,11 +108,13 @@ impl Application {
         };
         let local_addr = listener.as_ref().map(|l| l.local_addr()).transpose()?;
         let (trigger, shutdown) = shutdown::channel();
+        let notify = crate::notify::build(&state, &bus, shutdown.clone())?;
         Ok(Application {
             listener,
             local_addr,
             state,
             bus,
+            notify,
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
@@ -131,6 +134,11 @@ impl Application {
         self.bus.clone()
     }
 
+    /// The notification platform.
+    pub fn notify(&self) -> mercato_notify::Notifier {
+        self.notify.clone()
+    }
+
     /// A handle that stops the application (same as SIGTERM).
     pub fn stopper(&self) -> ShutdownTrigger {
         self.trigger.clone()
@@ -140,6 +148,7 @@ impl Application {
         let mut handles = Vec::new();
         let bus: Arc<dyn EventBus> = self.bus.clone();
         handles.push(tokio::spawn(bus.run(self.shutdown.clone())));
+        handles.extend(self.notify.spawn_workers(self.shutdown.clone()));
 
         let db = self.state.kernel.db.clone();
         let clock = self.state.kernel.clock.clone();
@@ -177,7 +186,7 @@ impl Application {
         let trigger = self.trigger;
         let server = match self.listener {
             Some(listener) => {
-                let router = crate::routes::build_router(self.state.clone());
+                let router = crate::routes::build_router(self.state.clone(), self.notify.clone());
                 let mut stop_server = stop.clone();
                 Some(tokio::spawn(async move {
                     axum::serve(
