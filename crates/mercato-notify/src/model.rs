@@ -541,10 +541,8 @@ impl TypeRegistry {
                 }
             };
             let mut t = entry;
+            // An empty list turns the type off: its messages are recorded as suppressed.
             if let Some(c) = o.channels {
-                if c.is_empty() {
-                    anyhow::bail!("notify_types: {name:?} needs at least one channel");
-                }
                 t.channels = c;
             }
             if let Some(w) = o.dedup_window_secs {

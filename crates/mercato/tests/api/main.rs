@@ -7,6 +7,7 @@ mod garbage;
 mod health;
 mod idempotency;
 mod identity;
+mod notifications;
 mod outbox;
 
 pub fn unique_email(tag: &str) -> String {
