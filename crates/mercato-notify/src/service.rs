@@ -28,7 +28,7 @@ const REQUEST_ID_TTL: Duration = Duration::from_secs(30 * 86_400);
 pub const BULK_MAX: usize = 10_000;
 /// Recipients written per transaction in a bulk send (short transactions: the critical lane
 /// shares SQLite's single writer).
-const BULK_CHUNK: usize = 100;
+const BULK_CHUNK: usize = 25;
 
 #[derive(Debug, thiserror::Error)]
 pub enum NotifyError {
@@ -961,6 +961,7 @@ impl Notifier {
         let mut cache = HashMap::new();
         let prepared = self.prepare(req, &mut cache).await?;
         let express_ok = self.inner.express.enabled();
+        let _turn = self.inner.store.gate(prepared.lane.is_express()).await;
         let mut tx = self.inner.db.begin().await.map_err(NotifyError::from)?;
         match self
             .write(&mut tx, &prepared, producer, None, express_ok)
@@ -1057,6 +1058,9 @@ impl Notifier {
                     Err(other) => return Err(other),
                 }
             }
+            // Let other tasks (critical accepts) run between chunks.
+            tokio::task::yield_now().await;
+            let turn = self.inner.store.gate(false).await;
             let mut tx = self.inner.db.begin().await.map_err(NotifyError::from)?;
             let mut after = Vec::new();
             for (_, p) in &prepared {
@@ -1081,6 +1085,7 @@ impl Notifier {
                 }
             }
             tx.commit().await.map_err(StoreError::from)?;
+            drop(turn);
             for (express, inbox_user) in after {
                 self.after_commit(express, inbox_user);
             }

@@ -288,14 +288,67 @@ pub struct StatsRows {
     pub queues: Vec<(String, String, i64)>,
 }
 
+/// Orders this module's write transactions on SQLite, whose single writer connection serves
+/// everyone first come, first served: urgent transactions (critical and high accepts, express
+/// outcomes) queue on `main` directly, while bulk work (bulk chunks, lane claims and outcomes)
+/// first takes `low`, so at most one bulk transaction is ever queued ahead of an urgent one.
+/// PostgreSQL has no single writer: the gate is off there.
+#[derive(Default)]
+pub struct WriteGate {
+    enabled: bool,
+    main: tokio::sync::Mutex<()>,
+    low: tokio::sync::Mutex<()>,
+}
+
+/// Held for the length of a write transaction.
+pub enum GateGuard<'a> {
+    Open,
+    Urgent(#[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>),
+    Bulk(
+        #[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>,
+        #[allow(dead_code)] tokio::sync::MutexGuard<'a, ()>,
+    ),
+}
+
+impl WriteGate {
+    pub fn new(enabled: bool) -> WriteGate {
+        WriteGate {
+            enabled,
+            ..WriteGate::default()
+        }
+    }
+
+    pub async fn enter(&self, urgent: bool) -> GateGuard<'_> {
+        if !self.enabled {
+            return GateGuard::Open;
+        }
+        if urgent {
+            return GateGuard::Urgent(self.main.lock().await);
+        }
+        let low = self.low.lock().await;
+        let main = self.main.lock().await;
+        GateGuard::Bulk(low, main)
+    }
+}
+
 #[derive(Clone)]
 pub struct NotifyStore {
     db: Db,
+    gate: std::sync::Arc<WriteGate>,
 }
 
 impl NotifyStore {
     pub fn new(db: Db) -> NotifyStore {
-        NotifyStore { db }
+        let gate = WriteGate::new(db.backend() == mercato_kernel::db::Backend::Sqlite);
+        NotifyStore {
+            db,
+            gate: std::sync::Arc::new(gate),
+        }
+    }
+
+    /// Waits for this module's turn at the writer (see [`WriteGate`]).
+    pub async fn gate(&self, urgent: bool) -> GateGuard<'_> {
+        self.gate.enter(urgent).await
     }
 
     pub fn db(&self) -> &Db {
@@ -560,6 +613,7 @@ impl NotifyStore {
                           ORDER BY next_attempt_at LIMIT $5) \
              AND {claimable} RETURNING {DELIVERY_COLUMNS}"
         );
+        let _turn = self.gate(lane.is_express()).await;
         let mut tx = self.db.begin().await?;
         let rows = sqlx::query(&sql)
             .bind(lease_until.as_micros())
@@ -581,10 +635,12 @@ impl NotifyStore {
         owner: &str,
         now: Timestamp,
         outcomes: &[Completion],
+        urgent: bool,
     ) -> StoreResult<()> {
         if outcomes.is_empty() {
             return Ok(());
         }
+        let _turn = self.gate(urgent).await;
         let mut tx = self.db.begin().await?;
         let mine = "id = $1 AND status = 'processing' AND lease_owner = $2";
         for c in outcomes {

@@ -88,7 +88,7 @@ pub const LANES: [LaneSpec; 4] = [
     LaneSpec {
         lane: Priority::Promotional,
         pollers: 2,
-        batch: 256,
+        batch: 128,
         concurrency: 64,
     },
 ];
@@ -211,11 +211,16 @@ impl Notifier {
     }
 
     /// Records outcomes and their metrics.
-    async fn finish(&self, jobs: &[DeliveryRow], outcomes: Vec<Completion>) -> anyhow::Result<()> {
+    async fn finish(
+        &self,
+        jobs: &[DeliveryRow],
+        outcomes: Vec<Completion>,
+        urgent: bool,
+    ) -> anyhow::Result<()> {
         let now = self.now();
         self.inner
             .store
-            .complete(&self.inner.node, now, &outcomes)
+            .complete(&self.inner.node, now, &outcomes, urgent)
             .await?;
         for (job, c) in jobs.iter().zip(&outcomes) {
             let (status, provider) = match c {
@@ -285,14 +290,17 @@ impl Notifier {
             .buffered(spec.concurrency.max(1))
             .collect()
             .await;
-        self.finish(&jobs, outcomes).await?;
+        self.finish(&jobs, outcomes, lane.is_express()).await?;
         Ok(Outcome::Worked)
     }
 
     /// Delivers a job claimed by the accepting transaction.
     async fn express_one(&self, job: DeliveryRow) {
         let outcome = self.deliver(&job).await;
-        if let Err(e) = self.finish(std::slice::from_ref(&job), vec![outcome]).await {
+        if let Err(e) = self
+            .finish(std::slice::from_ref(&job), vec![outcome], true)
+            .await
+        {
             // The lease runs out and a poller retries; the provider dedups by message id.
             tracing::warn!(delivery = %job.id, error = %format!("{e:#}"), "recording an express delivery failed");
         }
