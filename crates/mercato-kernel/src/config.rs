@@ -165,6 +165,37 @@ settings! {
     gateway_sim_hang_ms: u64 = 10_000;
     /// Latency the simulator adds to every API request, milliseconds.
     gateway_sim_latency_ms: u64 = 0;
+    // --- notifications ---
+    /// Emails per user per hour; more are deferred to the next hour (critical types bypass).
+    notify_email_per_hour: u32 = 3;
+    /// SMS per user per hour; more are deferred to the next hour (critical types bypass).
+    notify_sms_per_hour: u32 = 2;
+    /// Push messages per user per hour; more are deferred to the next hour (critical types bypass).
+    notify_push_per_hour: u32 = 10;
+    /// Timeout of one provider call (SMTP, SMS, push), milliseconds.
+    notify_provider_timeout_ms: u64 = 5000;
+    /// Bearer token sent to the SMS and push providers.
+    notify_provider_token: Option<String> = None;
+    /// HMAC-SHA256 secret of provider callbacks; unset = callbacks are refused.
+    notify_webhook_secret: Option<String> = None;
+    /// `From:` address of notification emails.
+    notify_email_from: String = "Mercato <no-reply@mercato.local>".into();
+    /// Attempts of a non-critical delivery before it is dead.
+    notify_max_attempts: u32 = 5;
+    /// Backoff base between attempts of non-critical deliveries, milliseconds (doubling, jittered).
+    notify_retry_base_ms: u64 = 120_000;
+    /// Attempts per provider of a critical delivery before the next provider is tried.
+    notify_critical_attempts: u32 = 3;
+    /// Pause between attempts of a critical delivery, milliseconds.
+    notify_critical_retry_ms: u64 = 2000;
+    /// Lease of a claimed delivery (a dead worker's job is retried after it), seconds.
+    notify_lease_secs: u64 = 60;
+    /// How often idle delivery lanes poll for due work, milliseconds.
+    notify_poll_ms: u64 = 100;
+    /// JSON overrides of the notification type registry (see docs/notifications.md).
+    notify_types: Option<String> = None;
+    /// Template locale used when a message names none.
+    notify_default_locale: String = "en".into();
 }
 
 trait FromSetting: Sized {

@@ -90,6 +90,11 @@ error_codes! {
     InvalidTransition => (409, "invalid_transition", "The order cannot change to that status");
     InvalidSignature => (400, "invalid_signature", "The webhook signature is missing or invalid");
     ReturnNotAllowed => (409, "return_not_allowed", "This order cannot be returned");
+    // --- notifications ---
+    UnknownNotificationType => (422, "unknown_notification_type", "The notification type is not registered");
+    TemplateInvalid => (422, "template_invalid", "The template does not compile or render");
+    TemplateVersionConflict => (409, "template_version_conflict", "The template changed since the version you edited");
+    InvalidWebhook => (400, "invalid_webhook", "The webhook is from an unknown provider or its signature is invalid");
 }
 
 /// One failed field of a 422.

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod peers;
 mod postgres;
 
 pub use client::{Client, TestResponse, sample_address, sample_product};
@@ -52,6 +53,8 @@ pub struct TestApp {
     pub api: Client,
     pub state: AppState,
     pub bus: Arc<EmbeddedBus>,
+    /// The notification platform (drive its lanes by hand with `lane_step`).
+    pub notify: mercato_notify::Notifier,
     pub clock: Arc<TestClock>,
     pub settings: Settings,
     /// The in-process payment gateway simulator (inspect charges and refunds, inject faults).
@@ -137,6 +140,7 @@ async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<Test
         .simulator
         .clone()
         .ok_or_else(|| anyhow::anyhow!("tests run with the in-process gateway simulator"))?;
+    let notify = app.notify();
     let stopper = app.stopper();
     let server = tokio::spawn(app.run_until(std::future::pending()));
     let address = format!("http://{addr}");
@@ -145,6 +149,7 @@ async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<Test
         address,
         state,
         bus,
+        notify,
         clock,
         settings,
         gateway,

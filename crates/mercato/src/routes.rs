@@ -49,19 +49,23 @@ impl Modify for BearerAuth {
 }
 
 /// Every `/api/v1` route with the OpenAPI document describing them.
-pub fn api() -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
+pub fn api(
+    notify: mercato_notify::NotifyState,
+) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::<AppState>::new()
         .merge(mercato_commerce::router())
-        .merge(mercato_kernel::outbox::admin::router::<AppState>());
+        .merge(mercato_kernel::outbox::admin::router::<AppState>())
+        // The notification platform has its own state.
+        .merge(mercato_notify::router().with_state(notify));
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts()
 }
 
 /// The whole HTTP surface with its middleware.
-pub fn build_router(state: AppState) -> Router {
+pub fn build_router(state: AppState, notify: mercato_notify::NotifyState) -> Router {
     let settings = state.kernel.settings.clone();
-    let (api, openapi) = api();
+    let (api, openapi) = api(notify);
     let openapi = Arc::new(openapi.to_json().unwrap_or_else(|_| "{}".into()));
 
     let idempotency = Arc::new(IdempotencyStore {

@@ -33,6 +33,7 @@ pub struct Application {
     local_addr: Option<SocketAddr>,
     state: AppState,
     bus: Arc<EmbeddedBus>,
+    notify: mercato_notify::Notifier,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
@@ -130,11 +131,13 @@ impl Application {
             gateway.point_webhooks_at(addr);
         }
         let (trigger, shutdown) = shutdown::channel();
+        let notify = crate::notify::build(&state, &bus, shutdown.clone())?;
         Ok(Application {
             listener,
             local_addr,
             state,
             bus,
+            notify,
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
@@ -161,6 +164,11 @@ impl Application {
         &self.gateway
     }
 
+    /// The notification platform.
+    pub fn notify(&self) -> mercato_notify::Notifier {
+        self.notify.clone()
+    }
+
     /// A handle that stops the application (same as SIGTERM).
     pub fn stopper(&self) -> ShutdownTrigger {
         self.trigger.clone()
@@ -170,6 +178,7 @@ impl Application {
         let mut handles = Vec::new();
         let bus: Arc<dyn EventBus> = self.bus.clone();
         handles.push(tokio::spawn(bus.run(self.shutdown.clone())));
+        handles.extend(self.notify.spawn_workers(self.shutdown.clone()));
 
         let sweep = Duration::from_secs(self.state.kernel.settings.sweep_every_secs.max(1));
         let carts = self.state.carts.clone();
@@ -272,7 +281,7 @@ impl Application {
         let trigger = self.trigger;
         let server = match self.listener {
             Some(listener) => {
-                let router = crate::routes::build_router(self.state.clone());
+                let router = crate::routes::build_router(self.state.clone(), self.notify.clone());
                 let mut stop_server = stop.clone();
                 Some(tokio::spawn(async move {
                     axum::serve(

@@ -6,6 +6,7 @@
 //! temporary SQLite database and seeds it. Results go to `docs/BENCHMARKS.md` with the exact
 //! command; nothing here is asserted by timed tests.
 
+pub mod notify;
 pub mod report;
 
 pub use report::{Recorder, Report, StepStats};
@@ -201,7 +202,8 @@ async fn health(args: &BenchArgs) -> anyhow::Result<Report> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report: Report = match args.scenario.as_str() {
         "health" => health(&args).await?,
-        other => anyhow::bail!("unknown scenario {other:?} (available: health)"),
+        "notify" => notify::run(&args).await?,
+        other => anyhow::bail!("unknown scenario {other:?} (available: health, notify)"),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);

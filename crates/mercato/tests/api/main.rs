@@ -12,6 +12,7 @@ mod health;
 mod idempotency;
 mod identity;
 mod inventory;
+mod notifications;
 mod orders;
 mod outbox;
 
