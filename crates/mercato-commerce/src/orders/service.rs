@@ -796,7 +796,8 @@ impl OrderService {
             }
             None => {
                 // Nothing to pay back (e.g. a zero-value line): the order is settled at once.
-                self.mark_refunded(&o.id, "system").await?;
+                self.mark_refunded(&o.id, "system", json!({"amount": Money::zero(o.currency)}))
+                    .await?;
             }
         }
         self.inner
@@ -871,7 +872,12 @@ impl OrderService {
             .ok_or(OrderError::NotFound)
     }
 
-    async fn mark_refunded(&self, order_id: &str, actor: &str) -> Result<(), OrderError> {
+    async fn mark_refunded(
+        &self,
+        order_id: &str,
+        actor: &str,
+        extra: serde_json::Value,
+    ) -> Result<(), OrderError> {
         let now = self.now();
         let mut tx = self.db().begin().await?;
         OrderStore::transition_tx(
@@ -881,7 +887,7 @@ impl OrderService {
             OrderEvent::Refund,
             actor,
             Some("refund issued"),
-            json!({}),
+            extra,
             now,
         )
         .await?;
@@ -1033,7 +1039,8 @@ impl RefundListener for OrderService {
         };
         let result: anyhow::Result<()> = async {
             if refund.source == "return" {
-                self.mark_refunded(&order_id, "system").await?;
+                self.mark_refunded(&order_id, "system", json!({"amount": refund.amount, "refund_id": refund.id, "source": refund.source}))
+                    .await?;
             } else {
                 // Cancellations and admin refunds do not move the status: announce the money.
                 let o = self.row(&order_id).await?;

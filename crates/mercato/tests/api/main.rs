@@ -5,6 +5,7 @@ mod carts;
 mod catalog;
 mod checkout;
 mod cli;
+mod commerce_notifications;
 mod docs;
 mod garbage;
 mod gateway;

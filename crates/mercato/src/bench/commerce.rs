@@ -1,0 +1,509 @@
+//! Commerce scenarios through the real HTTP API:
+//!
+//! - `flash-sale`: N buyers (`--concurrency`, default 32 → use e.g. 1000) race for M units
+//!   (`--size`, default 100) of one SKU: cart, checkout, pay, all released at once. Reports
+//!   orders confirmed, units sold, oversold units, duplicate charges, lost orders and the
+//!   latency of each step.
+//! - `checkout`: a closed loop of customers buying 1–3 random SKUs of a 200-product catalog
+//!   with ample stock for `--duration`; reports checkouts per second and per-step latency.
+//!
+//! Set-up (admin, catalog, stock, customers) is done through the API too. Against a remote
+//! `--target`, give an admin account with `MERCATO_BENCH_ADMIN_EMAIL` and
+//! `MERCATO_BENCH_ADMIN_PASSWORD`; in-process, one is created.
+
+use super::{BenchArgs, Recorder, Report, closed_loop, http_client, target};
+use anyhow::{Context as _, bail};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+const PASSWORD: &str = "bench-password-123";
+
+/// A tiny JSON client over one keep-alive pool.
+#[derive(Clone)]
+struct Api {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Api {
+    async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&Value>,
+        key: Option<&str>,
+    ) -> anyhow::Result<(u16, Value)> {
+        let mut req = self
+            .http
+            .request(method, format!("{}/api/v1{path}", self.base));
+        if let Some(t) = &self.token {
+            req = req.bearer_auth(t);
+        }
+        if let Some(k) = key {
+            req = req.header("idempotency-key", k);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req.send().await?;
+        let status = resp.status().as_u16();
+        let bytes = resp.bytes().await?;
+        let v = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null)
+        };
+        Ok((status, v))
+    }
+
+    async fn post(&self, path: &str, body: Value) -> anyhow::Result<(u16, Value)> {
+        self.call(reqwest::Method::POST, path, Some(&body), None)
+            .await
+    }
+
+    fn with_token(&self, token: &str) -> Api {
+        Api {
+            token: Some(token.to_owned()),
+            ..self.clone()
+        }
+    }
+}
+
+fn expect(step: &str, (status, body): (u16, Value), ok: &[u16]) -> anyhow::Result<Value> {
+    if ok.contains(&status) {
+        Ok(body)
+    } else {
+        bail!("{step}: HTTP {status}: {body}")
+    }
+}
+
+fn id(v: &Value) -> String {
+    v["id"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Signs in an admin: the configured one, or one created in-process.
+async fn admin(api: &Api, t: &super::Target) -> anyhow::Result<Api> {
+    let (email, password) = match (
+        std::env::var("MERCATO_BENCH_ADMIN_EMAIL"),
+        std::env::var("MERCATO_BENCH_ADMIN_PASSWORD"),
+    ) {
+        (Ok(e), Ok(p)) => (e, p),
+        _ => {
+            let state = t.state.as_ref().context(
+                "against --target, set MERCATO_BENCH_ADMIN_EMAIL and MERCATO_BENCH_ADMIN_PASSWORD",
+            )?;
+            let email = format!(
+                "bench-admin-{}@bench.mercato",
+                mercato_kernel::id::random_hex(4)
+            );
+            state
+                .identity
+                .create_user(
+                    &email,
+                    PASSWORD,
+                    Some("Bench Admin"),
+                    mercato_kernel::auth::Role::Admin,
+                )
+                .await
+                .map_err(|e| anyhow::anyhow!("creating the bench admin: {e}"))?;
+            (email, PASSWORD.to_owned())
+        }
+    };
+    let body = expect(
+        "admin login",
+        api.post("/auth/login", json!({"email": email, "password": password}))
+            .await?,
+        &[200],
+    )?;
+    Ok(api.with_token(body["access_token"].as_str().unwrap_or_default()))
+}
+
+async fn customer(api: &Api, tag: &str) -> anyhow::Result<Api> {
+    let email = format!("{tag}-{}@bench.mercato", mercato_kernel::id::random_hex(6));
+    let body = expect(
+        "register",
+        api.post(
+            "/auth/register",
+            json!({"email": email, "password": PASSWORD}),
+        )
+        .await?,
+        &[201],
+    )?;
+    Ok(api.with_token(body["access_token"].as_str().unwrap_or_default()))
+}
+
+/// Category + warehouse; returns (category id, warehouse id).
+async fn shop(admin: &Api, tag: &str) -> anyhow::Result<(String, String)> {
+    let cat = expect(
+        "category",
+        admin
+            .post(
+                "/categories",
+                json!({"name": format!("Bench {tag}"), "slug": format!("bench-{tag}")}),
+            )
+            .await?,
+        &[201],
+    )?;
+    let wh = expect(
+        "warehouse",
+        admin
+            .post(
+                "/warehouses",
+                json!({"code": format!("B-{tag}"), "name": "Bench", "country": "US"}),
+            )
+            .await?,
+        &[201],
+    )?;
+    Ok((id(&cat), id(&wh)))
+}
+
+async fn product(
+    admin: &Api,
+    category: &str,
+    sku: &str,
+    price: i64,
+    wh: &str,
+    stock: i64,
+) -> anyhow::Result<()> {
+    expect(
+        "product",
+        admin
+            .post(
+                "/products",
+                json!({"name": format!("Bench {sku}"), "brand": "Bench", "category_id": category,
+                       "variants": [{"sku": sku, "name": sku, "price": {"amount": price, "currency": "USD"}}]}),
+            )
+            .await?,
+        &[201],
+    )?;
+    expect(
+        "stock",
+        admin
+            .call(
+                reqwest::Method::PUT,
+                &format!("/inventory/{sku}/warehouses/{wh}"),
+                Some(&json!({"on_hand": stock})),
+                None,
+            )
+            .await?,
+        &[200],
+    )?;
+    Ok(())
+}
+
+fn address() -> Value {
+    json!({"name": "Bench Buyer", "line1": "1 Main St", "city": "Austin", "region": "TX", "postal_code": "73301", "country": "US"})
+}
+
+async fn timed<T>(
+    rec: &Recorder,
+    step: &str,
+    f: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<T> {
+    let t = Instant::now();
+    let r = f.await;
+    match &r {
+        Ok(_) => rec.ok(step, t.elapsed()),
+        Err(_) => rec.error(step),
+    }
+    r
+}
+
+/// `mercato bench flash-sale`.
+pub async fn flash_sale(args: &BenchArgs) -> anyhow::Result<Report> {
+    let units = i64::try_from(args.size.unwrap_or(100)).unwrap_or(100);
+    let buyers = args.concurrency.max(1);
+    let t = target(args).await?;
+    let http = http_client(buyers)?;
+    let api = Api {
+        http,
+        base: t.base.clone(),
+        token: None,
+    };
+    let admin = admin(&api, &t).await?;
+    let tag = mercato_kernel::id::random_hex(3);
+    let (cat, wh) = shop(&admin, &tag).await?;
+    let sku = format!("FLASH-{tag}").to_uppercase();
+    product(&admin, &cat, &sku, 1999, &wh, units).await?;
+    eprintln!("registering {buyers} buyers…");
+    let mut clients = Vec::with_capacity(buyers);
+    for i in 0..buyers {
+        clients.push(customer(&api, &format!("flash{i}")).await?);
+    }
+    let rec = Arc::new(Recorder::new());
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let sold_out = Arc::new(AtomicU64::new(0));
+    let gate = Arc::new(tokio::sync::Barrier::new(buyers));
+    let started = Instant::now();
+    let mut tasks = Vec::with_capacity(buyers);
+    for (i, c) in clients.into_iter().enumerate() {
+        let (rec, confirmed, sold_out, gate, sku) = (
+            rec.clone(),
+            confirmed.clone(),
+            sold_out.clone(),
+            gate.clone(),
+            sku.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            gate.wait().await;
+            let total = Instant::now();
+            let result: anyhow::Result<()> = async {
+                let cart = timed(&rec, "1 create cart", async {
+                    expect("cart", c.post("/carts", json!({})).await?, &[200, 201])
+                })
+                .await?;
+                let cart_id = id(&cart);
+                timed(&rec, "2 add to cart", async {
+                    expect(
+                        "add",
+                        c.post(
+                            &format!("/carts/{cart_id}/items"),
+                            json!({"sku": sku, "quantity": 1}),
+                        )
+                        .await?,
+                        &[200, 409],
+                    )
+                })
+                .await?;
+                let chk = timed(&rec, "3 checkout (reserve)", async {
+                    c.post(
+                        "/checkouts",
+                        json!({"cart_id": cart_id, "shipping_address": address()}),
+                    )
+                    .await
+                })
+                .await?;
+                if chk.0 == 409 {
+                    sold_out.fetch_add(1, Ordering::Relaxed);
+                    return Ok(());
+                }
+                let chk = expect("checkout", chk, &[201])?;
+                timed(&rec, "4 pay", async {
+                    expect(
+                        "pay",
+                        c.call(
+                            reqwest::Method::POST,
+                            &format!("/checkouts/{}/pay", id(&chk)),
+                            Some(&json!({"payment_method": "card", "payment_token": "tok_visa"})),
+                            Some(&format!("flash-{i}")),
+                        )
+                        .await?,
+                        &[201],
+                    )
+                })
+                .await?;
+                confirmed.fetch_add(1, Ordering::Relaxed);
+                rec.ok("end to end (buyers who got one)", total.elapsed());
+                Ok(())
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "buyer failed");
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let wall = started.elapsed();
+    let stock = expect(
+        "stock",
+        admin
+            .call(
+                reqwest::Method::GET,
+                &format!("/inventory/{sku}"),
+                None,
+                None,
+            )
+            .await?,
+        &[200],
+    )?;
+    let on_hand = stock["on_hand"].as_i64().unwrap_or(-1);
+    let reserved = stock["reserved"].as_i64().unwrap_or(-1);
+    let sold = units - on_hand;
+    let confirmed = i64::try_from(confirmed.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let mut report = Report::new("flash-sale", &t.base, buyers, wall);
+    report.steps = rec.stats(wall);
+    report.fact("units", units);
+    report.fact("buyers", buyers);
+    report.fact("orders confirmed", confirmed);
+    report.fact("sold out answers", sold_out.load(Ordering::Relaxed));
+    report.fact("units sold", sold);
+    report.invariant("oversold units", (sold - units).max(0), 0);
+    report.invariant("units sold - orders confirmed", sold - confirmed, 0);
+    report.invariant("reserved after the sale", reserved, 0);
+    if let Some(gw) = &t.gateway {
+        let captured = gw.charges().iter().filter(|c| c.captured).count() as i64;
+        report.invariant("duplicate charges", (captured - confirmed).max(0), 0);
+        report.invariant("charges without an order", (captured - confirmed).max(0), 0);
+    }
+    Ok(report)
+}
+
+/// `mercato bench checkout`.
+pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
+    let products = args.size.unwrap_or(200).max(1);
+    let t = target(args).await?;
+    let http = http_client(args.concurrency)?;
+    let api = Api {
+        http,
+        base: t.base.clone(),
+        token: None,
+    };
+    let admin = admin(&api, &t).await?;
+    let tag = mercato_kernel::id::random_hex(3);
+    let (cat, wh) = shop(&admin, &tag).await?;
+    eprintln!("seeding {products} products with stock…");
+    let mut skus = Vec::with_capacity(products);
+    for i in 0..products {
+        let sku = format!("CO-{tag}-{i}").to_uppercase();
+        product(
+            &admin,
+            &cat,
+            &sku,
+            500 + (i as i64 % 50) * 100,
+            &wh,
+            1_000_000,
+        )
+        .await?;
+        skus.push(sku);
+    }
+    let mut buyers = Vec::with_capacity(args.concurrency);
+    for i in 0..args.concurrency.max(1) {
+        buyers.push(customer(&api, &format!("co{i}")).await?);
+    }
+    let buyers = Arc::new(buyers);
+    let skus = Arc::new(skus);
+    let rec = Arc::new(Recorder::new());
+    let done = Arc::new(AtomicU64::new(0));
+    let (r, d, b, s) = (rec.clone(), done.clone(), buyers.clone(), skus.clone());
+    let wall = closed_loop(args.concurrency, args.duration, move |w, i| {
+        let (rec, done, buyers, skus) = (r.clone(), d.clone(), b.clone(), s.clone());
+        async move {
+            let c = &buyers[w % buyers.len()];
+            let total = Instant::now();
+            let result: anyhow::Result<()> = async {
+                let cart = expect("cart", c.post("/carts", json!({})).await?, &[200, 201])?;
+                let cart_id = id(&cart);
+                let lines = 1 + (i as usize + w) % 3;
+                for k in 0..lines {
+                    let sku = &skus[(w * 7919 + i as usize * 104_729 + k * 31) % skus.len()];
+                    timed(&rec, "add to cart", async {
+                        expect(
+                            "add",
+                            c.post(
+                                &format!("/carts/{cart_id}/items"),
+                                json!({"sku": sku, "quantity": 1}),
+                            )
+                            .await?,
+                            &[200],
+                        )
+                    })
+                    .await?;
+                }
+                let chk = timed(&rec, "checkout (reserve)", async {
+                    expect(
+                        "checkout",
+                        c.post(
+                            "/checkouts",
+                            json!({"cart_id": cart_id, "shipping_address": address()}),
+                        )
+                        .await?,
+                        &[201],
+                    )
+                })
+                .await?;
+                timed(&rec, "pay", async {
+                    expect(
+                        "pay",
+                        c.call(
+                            reqwest::Method::POST,
+                            &format!("/checkouts/{}/pay", id(&chk)),
+                            Some(&json!({"payment_method": "card", "payment_token": "tok_visa"})),
+                            Some(&format!("co-{w}-{i}")),
+                        )
+                        .await?,
+                        &[201],
+                    )
+                })
+                .await?;
+                Ok(())
+            }
+            .await;
+            match result {
+                Ok(()) => {
+                    rec.ok("checkout end to end", total.elapsed());
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+                Err(e) => {
+                    rec.error("checkout end to end");
+                    tracing::debug!(error = %e, "checkout failed");
+                }
+            }
+        }
+    })
+    .await;
+    let mut report = Report::new("checkout", &t.base, args.concurrency, wall);
+    report.steps = rec.stats(wall);
+    let n = done.load(Ordering::Relaxed);
+    report.fact("products", products);
+    report.fact("checkouts completed", n);
+    report.fact(
+        "checkouts per second",
+        format!("{:.1}", n as f64 / wall.as_secs_f64().max(1e-9)),
+    );
+    if let Some(gw) = &t.gateway {
+        let captured = gw.charges().iter().filter(|c| c.captured).count() as i64;
+        report.invariant(
+            "charges - completed checkouts",
+            captured - i64::try_from(n).unwrap_or(0),
+            0,
+        );
+    }
+    Ok(report)
+}
+
+/// `mercato bench db-commit`: the floor under every write path — durable commits per second
+/// through the kernel's `Db` (BEGIN IMMEDIATE on SQLite's single writer, `synchronous=FULL`),
+/// each one conditional UPDATE of a hot row, from `--concurrency` tasks.
+pub async fn db_commit(args: &BenchArgs) -> anyhow::Result<Report> {
+    let t = target(args).await?;
+    let state = t.state.as_ref().context("db-commit runs in-process only")?;
+    let db = state.kernel.db.clone();
+    sqlx::query(
+        "CREATE TABLE IF NOT EXISTS bench_counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
+    )
+    .execute(db.writer())
+    .await?;
+    sqlx::query("INSERT INTO bench_counter (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
+        .execute(db.writer())
+        .await?;
+    let rec = Arc::new(Recorder::new());
+    let r = rec.clone();
+    let wall = closed_loop(args.concurrency, args.duration, move |_, _| {
+        let (db, rec) = (db.clone(), r.clone());
+        async move {
+            let t0 = Instant::now();
+            let res: anyhow::Result<()> = async {
+                let mut tx = db.begin().await?;
+                sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = 1 AND n >= 0")
+                    .execute(&mut *tx)
+                    .await?;
+                tx.commit().await?;
+                Ok(())
+            }
+            .await;
+            match res {
+                Ok(()) => rec.ok("commit (1 conditional UPDATE)", t0.elapsed()),
+                Err(_) => rec.error("commit (1 conditional UPDATE)"),
+            }
+        }
+    })
+    .await;
+    let mut report = Report::new("db-commit", &t.base, args.concurrency, wall);
+    report.steps = rec.stats(wall);
+    Ok(report)
+}
