@@ -317,12 +317,9 @@ impl InventoryService {
         db: &mercato_kernel::db::Db,
         limit: i64,
     ) -> Result<Vec<String>, StoreError> {
-        Ok(sqlx::query_scalar(
-            "SELECT DISTINCT checkout_id FROM reservations WHERE status = 'active' LIMIT $1",
-        )
-        .bind(limit)
-        .fetch_all(db.reader())
-        .await?)
+        InventoryStore::new(db.clone())
+            .checkouts_with_active(limit)
+            .await
     }
 
     pub async fn reservations(

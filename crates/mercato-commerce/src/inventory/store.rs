@@ -85,6 +85,18 @@ pub struct MovementEntry<'a> {
     pub actor: &'a str,
 }
 
+/// How a checkout's reservations end (see `end_reservations_tx`).
+struct Ending<'a> {
+    status: &'a str,
+    movement: &'a str,
+    /// Sold: the units also leave `on_hand`.
+    sells: bool,
+    reason: Option<&'a str>,
+    reference: &'a str,
+    event: &'a str,
+    extra: serde_json::Value,
+}
+
 const RESERVATION_COLUMNS: &str =
     "id, checkout_id, sku, warehouse_id, quantity, status, expires_at";
 
@@ -603,74 +615,22 @@ impl InventoryStore {
         actor: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<Reservation>> {
-        let status = if expired { "expired" } else { "released" };
-        let rows = sqlx::query(&format!(
-            "UPDATE reservations SET status = $1, updated_at = $2 WHERE checkout_id = $3 AND status = 'active' \
-             RETURNING {RESERVATION_COLUMNS}"
-        ))
-        .bind(status)
-        .bind(now.as_micros())
-        .bind(checkout_id)
-        .fetch_all(&mut **tx)
-        .await?;
-        let released = rows
-            .iter()
-            .map(reservation_of)
-            .collect::<StoreResult<Vec<_>>>()?;
-        for r in &released {
-            let (on_hand, reserved, threshold): (i64, i64, i64) = sqlx::query_as(
-                "UPDATE stock SET reserved = reserved - $1, updated_at = $2 \
-                 WHERE sku = $3 AND warehouse_id = $4 AND reserved >= $1 \
-                 RETURNING on_hand, reserved, low_stock_threshold",
-            )
-            .bind(r.quantity)
-            .bind(now.as_micros())
-            .bind(&r.sku)
-            .bind(&r.warehouse_id)
-            .fetch_optional(&mut **tx)
-            .await?
-            .ok_or_else(|| {
-                StoreError::Other(anyhow::anyhow!("reserved stock missing for {}", r.id))
-            })?;
-            Self::movement_tx(
-                tx,
-                MovementEntry {
-                    sku: &r.sku,
-                    warehouse_id: &r.warehouse_id,
-                    kind: if expired { "expire" } else { "release" },
-                    delta_on_hand: 0,
-                    delta_reserved: -r.quantity,
-                    after: StockAfter {
-                        on_hand,
-                        reserved,
-                        threshold,
-                    },
-                    reason: Some(reason),
-                    reference: Some(checkout_id),
-                    actor,
-                },
-                now,
-            )
-            .await?;
-        }
-        if !released.is_empty() {
-            let lines: Vec<_> = released
-                .iter()
-                .map(|r| json!({"sku": r.sku, "warehouse_id": r.warehouse_id, "quantity": r.quantity}))
-                .collect();
-            outbox::append(
-                tx,
-                now,
-                NewEvent::new(
-                    "inventory.released",
-                    "checkout",
-                    checkout_id,
-                    json!({"checkout_id": checkout_id, "reason": reason, "lines": lines}),
-                ),
-            )
-            .await?;
-        }
-        Ok(released)
+        Self::end_reservations_tx(
+            tx,
+            checkout_id,
+            Ending {
+                status: if expired { "expired" } else { "released" },
+                movement: if expired { "expire" } else { "release" },
+                sells: false,
+                reason: Some(reason),
+                reference: checkout_id,
+                event: "inventory.released",
+                extra: json!({"reason": reason}),
+            },
+            actor,
+            now,
+        )
+        .await
     }
 
     /// Turns the checkout's active reservations into sold units: on_hand and reserved both
@@ -682,24 +642,55 @@ impl InventoryStore {
         actor: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<Reservation>> {
+        Self::end_reservations_tx(
+            tx,
+            checkout_id,
+            Ending {
+                status: "committed",
+                movement: "commit",
+                sells: true,
+                reason: None,
+                reference,
+                event: "inventory.committed",
+                extra: json!({"reference": reference}),
+            },
+            actor,
+            now,
+        )
+        .await
+    }
+
+    /// The one way reservations end: each active reservation of the checkout takes `status`,
+    /// its units leave `reserved` (and `on_hand` too when sold), with a movement entry each and
+    /// one event for the checkout.
+    async fn end_reservations_tx(
+        tx: &mut Tx,
+        checkout_id: &str,
+        e: Ending<'_>,
+        actor: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Reservation>> {
         let rows = sqlx::query(&format!(
-            "UPDATE reservations SET status = 'committed', updated_at = $1 WHERE checkout_id = $2 AND status = 'active' \
+            "UPDATE reservations SET status = $1, updated_at = $2 WHERE checkout_id = $3 AND status = 'active' \
              RETURNING {RESERVATION_COLUMNS}"
         ))
+        .bind(e.status)
         .bind(now.as_micros())
         .bind(checkout_id)
         .fetch_all(&mut **tx)
         .await?;
-        let committed = rows
+        let ended = rows
             .iter()
             .map(reservation_of)
             .collect::<StoreResult<Vec<_>>>()?;
-        for r in &committed {
+        for r in &ended {
+            let delta_on_hand = if e.sells { -r.quantity } else { 0 };
             let (on_hand, reserved, threshold): (i64, i64, i64) = sqlx::query_as(
-                "UPDATE stock SET on_hand = on_hand - $1, reserved = reserved - $1, updated_at = $2 \
-                 WHERE sku = $3 AND warehouse_id = $4 AND reserved >= $1 AND on_hand >= $1 \
+                "UPDATE stock SET on_hand = on_hand + $1, reserved = reserved - $2, updated_at = $3 \
+                 WHERE sku = $4 AND warehouse_id = $5 AND reserved >= $2 AND on_hand + $1 >= 0 \
                  RETURNING on_hand, reserved, low_stock_threshold",
             )
+            .bind(delta_on_hand)
             .bind(r.quantity)
             .bind(now.as_micros())
             .bind(&r.sku)
@@ -712,40 +703,41 @@ impl InventoryStore {
                 MovementEntry {
                     sku: &r.sku,
                     warehouse_id: &r.warehouse_id,
-                    kind: "commit",
-                    delta_on_hand: -r.quantity,
+                    kind: e.movement,
+                    delta_on_hand,
                     delta_reserved: -r.quantity,
                     after: StockAfter {
                         on_hand,
                         reserved,
                         threshold,
                     },
-                    reason: None,
-                    reference: Some(reference),
+                    reason: e.reason,
+                    reference: Some(e.reference),
                     actor,
                 },
                 now,
             )
             .await?;
         }
-        if !committed.is_empty() {
-            let lines: Vec<_> = committed
+        if !ended.is_empty() {
+            let lines: Vec<_> = ended
                 .iter()
                 .map(|r| json!({"sku": r.sku, "warehouse_id": r.warehouse_id, "quantity": r.quantity}))
                 .collect();
+            let mut data = json!({"checkout_id": checkout_id, "lines": lines});
+            if let (serde_json::Value::Object(d), serde_json::Value::Object(x)) =
+                (&mut data, e.extra)
+            {
+                d.extend(x);
+            }
             outbox::append(
                 tx,
                 now,
-                NewEvent::new(
-                    "inventory.committed",
-                    "checkout",
-                    checkout_id,
-                    json!({"checkout_id": checkout_id, "reference": reference, "lines": lines}),
-                ),
+                NewEvent::new(e.event, "checkout", checkout_id, data),
             )
             .await?;
         }
-        Ok(committed)
+        Ok(ended)
     }
 
     /// Puts sold units back on hand (cancellation after commit, approved returns), to the
@@ -839,6 +831,16 @@ impl InventoryStore {
             "SELECT DISTINCT checkout_id FROM reservations WHERE status = 'active' AND expires_at < $1 LIMIT $2",
         )
         .bind(now.as_micros())
+        .bind(limit)
+        .fetch_all(self.db.reader())
+        .await?)
+    }
+
+    /// Checkouts holding active reservations.
+    pub async fn checkouts_with_active(&self, limit: i64) -> StoreResult<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT DISTINCT checkout_id FROM reservations WHERE status = 'active' LIMIT $1",
+        )
         .bind(limit)
         .fetch_all(self.db.reader())
         .await?)

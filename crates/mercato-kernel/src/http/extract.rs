@@ -39,17 +39,22 @@ where
             return Err(ApiError::new(Code::UnsupportedMediaType)
                 .detail("send the body as JSON with Content-Type: application/json"));
         }
-        let bytes = Bytes::from_request(req, state)
-            .await
-            .map_err(|e: BytesRejection| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(Code::PayloadTooLarge)
-                } else {
-                    ApiError::new(Code::BadRequest).detail("the request body could not be read")
-                }
-            })?;
+        let bytes = read_body(req, state).await?;
         parse_json(&bytes).map(ApiJson)
     }
+}
+
+/// Reads the whole body within the configured limit (413 above it).
+async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, ApiError> {
+    Bytes::from_request(req, state)
+        .await
+        .map_err(|e: BytesRejection| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(Code::PayloadTooLarge)
+            } else {
+                ApiError::new(Code::BadRequest).detail("the request body could not be read")
+            }
+        })
 }
 
 /// Parses a JSON body with the same error mapping as [`ApiJson`].
@@ -169,15 +174,7 @@ where
         }
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
         let (parts, body) = req.into_parts();
-        let bytes = Bytes::from_request(Request::from_parts(parts.clone(), body), state)
-            .await
-            .map_err(|e: BytesRejection| {
-                if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                    ApiError::new(Code::PayloadTooLarge)
-                } else {
-                    ApiError::new(Code::BadRequest).detail("the request body could not be read")
-                }
-            })?;
+        let bytes = read_body(Request::from_parts(parts.clone(), body), state).await?;
         if bytes.iter().all(u8::is_ascii_whitespace) {
             return Ok(OptionalJson(None));
         }
