@@ -6,6 +6,7 @@
 pub mod catalog;
 pub mod identity;
 pub mod seams;
+pub mod search;
 
 use axum::extract::FromRef;
 use mercato_kernel::Kernel;
@@ -17,6 +18,7 @@ pub struct AppState {
     pub kernel: Kernel,
     pub identity: identity::IdentityService,
     pub catalog: catalog::CatalogService,
+    pub search: search::SearchService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -34,10 +36,12 @@ impl AppState {
             std::sync::Arc::new(seams::UntrackedStock),
             std::sync::Arc::new(seams::NoOrdersYet),
         );
+        let search = search::SearchService::new(kernel.clone(), catalog.clone());
         Ok(AppState {
             kernel,
             identity,
             catalog,
+            search,
         })
     }
 }
@@ -47,4 +51,5 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .merge(identity::http::router())
         .merge(catalog::http::router())
+        .merge(search::http::router())
 }

@@ -139,6 +139,8 @@ settings! {
     outbox_backoff_base_ms: u64 = 1000;
     /// How often idle bus workers poll, milliseconds.
     outbox_poll_ms: u64 = 100;
+    /// How often staged search index changes are committed (made searchable), milliseconds.
+    search_commit_ms: u64 = 1000;
 }
 
 trait FromSetting: Sized {

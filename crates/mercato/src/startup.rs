@@ -95,6 +95,11 @@ impl Application {
         let role = settings.process_role()?;
         let addr = settings.addr.clone();
         let (state, bus) = build_state(settings, opts.clock).await?;
+        if role.runs_api() {
+            // Each API node keeps its own search index, fed by its own durable consumer.
+            state.search.open()?;
+            bus.subscribe(state.search.indexer()?);
+        }
         let listener = if role.runs_api() {
             Some(match opts.listener {
                 Some(l) => l,
@@ -173,6 +178,7 @@ impl Application {
         } else {
             Vec::new()
         };
+        let search = self.state.search.spawn(self.shutdown.clone());
         let mut stop = self.shutdown.clone();
         let trigger = self.trigger;
         let server = match self.listener {
@@ -206,6 +212,9 @@ impl Application {
         }
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        if let Some(s) = search {
+            let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
         }
         self.state.kernel.db.close().await;
         tracing::info!("stopped");

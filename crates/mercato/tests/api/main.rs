@@ -9,6 +9,7 @@ mod health;
 mod idempotency;
 mod identity;
 mod outbox;
+mod search;
 
 pub fn unique_email(tag: &str) -> String {
     format!("{tag}-{}@example.com", mercato_kernel::id::random_hex(6))
