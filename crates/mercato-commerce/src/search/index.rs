@@ -279,6 +279,9 @@ impl Engine {
         let existing = if dir.join("meta.json").exists() {
             match Index::open_in_dir(dir) {
                 Ok(index) => {
+                    // Take the writer lock before anything else: an index another process
+                    // holds is never wiped, whatever its version.
+                    let writer = Self::writer(&index)?;
                     let payload = index
                         .load_metas()
                         .ok()
@@ -286,10 +289,11 @@ impl Engine {
                         .and_then(|p| serde_json::from_str::<Payload>(&p).ok());
                     match payload {
                         Some(p) if p.schema_version == SCHEMA_VERSION && p.source == source => {
-                            Some((index, p))
+                            Some((index, p, writer))
                         }
                         other => {
                             tracing::info!(found = ?other, expected = SCHEMA_VERSION, "search index is from another schema version or database; rebuilding it");
+                            drop(writer);
                             None
                         }
                     }
@@ -302,32 +306,28 @@ impl Engine {
         } else {
             None
         };
-        let (index, payload, rebuild) = match existing {
-            Some((index, payload)) => {
+        let (index, payload, writer, rebuild) = match existing {
+            Some((index, payload, writer)) => {
                 let rebuild = if dir.join(DIRTY_MARKER).exists() {
                     Rebuild::Stale
                 } else {
                     Rebuild::No
                 };
-                (index, payload, rebuild)
+                (index, payload, writer, rebuild)
             }
             None => {
                 wipe(dir)?;
                 let index =
                     Index::create_in_dir(dir, schema).context("creating the search index")?;
+                let writer = Self::writer(&index)?;
                 let payload = Payload {
                     schema_version: SCHEMA_VERSION,
                     source: source.to_owned(),
                     rebuilt_at: 0,
                 };
-                (index, payload, Rebuild::Fresh)
+                (index, payload, writer, Rebuild::Fresh)
             }
         };
-        index.tokenizers().register(STEMMED, analyzer(true));
-        index.tokenizers().register(PLAIN, analyzer(false));
-        let writer: IndexWriter = index
-            .writer_with_num_threads(1, WRITER_MEMORY)
-            .map_err(lock_error)?;
         let reader = index
             .reader_builder()
             .reload_policy(ReloadPolicy::Manual)
@@ -348,6 +348,14 @@ impl Engine {
             },
             rebuild,
         ))
+    }
+
+    fn writer(index: &Index) -> anyhow::Result<IndexWriter> {
+        index.tokenizers().register(STEMMED, analyzer(true));
+        index.tokenizers().register(PLAIN, analyzer(false));
+        index
+            .writer_with_num_threads(1, WRITER_MEMORY)
+            .map_err(lock_error)
     }
 
     fn state(&self) -> anyhow::Result<std::sync::MutexGuard<'_, WriterState>> {

@@ -641,3 +641,55 @@ async fn the_openapi_document_has_both_methods_of_products() {
     let r = app.api.post("/products", json!({})).await;
     assert_eq!(r.status, 401, "{}", r.body);
 }
+
+fn reindex_command(settings: &mercato_kernel::config::Settings) -> std::process::Output {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_mercato"));
+    cmd.arg("--data-dir")
+        .arg(&settings.data_dir)
+        .args(["search", "reindex"])
+        .env_remove("MERCATO_DATABASE_URL");
+    if let Some(url) = &settings.database_url {
+        cmd.env("MERCATO_DATABASE_URL", url);
+    }
+    cmd.output()
+        .unwrap_or_else(|e| panic!("running mercato: {e}"))
+}
+
+#[tokio::test]
+async fn search_reindex_rebuilds_the_index_from_the_database() {
+    let app = spawn_app().await;
+    catalog(&app).await;
+    until_total(&app, "/search?q=laptop", 3).await;
+
+    // The running server holds the index: the command refuses, and the index is intact.
+    let out = reindex_command(&app.settings);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("in use by another process"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    until_total(&app, "/search?q=laptop", 3).await;
+
+    let app = app
+        .restart(|settings| {
+            let dir = settings.data_dir.join("search");
+            std::fs::remove_dir_all(&dir).expect("delete the index");
+            let out = reindex_command(settings);
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                stdout.contains("7 products read, 6 listed"),
+                "drafts are read but not listed: {stdout}"
+            );
+            assert!(dir.join("meta.json").exists());
+        })
+        .await;
+    // The rebuilt index is complete: answered at once, no rebuild needed at start.
+    let r = app.api.get("/search?q=laptop").await;
+    assert_eq!(r.body["total"], 3, "{}", r.body);
+}
