@@ -693,3 +693,33 @@ async fn search_reindex_rebuilds_the_index_from_the_database() {
     let r = app.api.get("/search?q=laptop").await;
     assert_eq!(r.body["total"], 3, "{}", r.body);
 }
+
+#[tokio::test]
+async fn the_demo_catalog_loads_once_and_makes_search_meaningful() {
+    let app = spawn_app().await;
+    let lines = mercato::demo::load(&app.state).await.expect("demo");
+    assert!(lines.iter().any(|l| l.contains("60 products")), "{lines:?}");
+    let body = until_total(&app, "/products", 60).await;
+    let f = &body["facets"];
+    assert!(f["brands"].as_array().is_some_and(|b| b.len() >= 10), "{f}");
+    let top_level: Vec<&Value> = f["categories"]
+        .as_array()
+        .map(|c| c.iter().filter(|x| x["parent_id"].is_null()).collect())
+        .unwrap_or_default();
+    assert_eq!(top_level.len(), 4, "{f}");
+    assert!(f["categories"].as_array().is_some_and(|c| c.len() >= 10));
+
+    // A second load adds nothing.
+    let again = mercato::demo::load(&app.state).await.expect("demo again");
+    assert!(!again.iter().any(|l| l.contains("products")), "{again:?}");
+    let cats = app.api.get("/categories").await;
+    assert_eq!(cats.body["data"].as_array().map(Vec::len), Some(4));
+
+    let body = until_total(&app, "/products", 60).await;
+    assert!(body["data"][0]["variant_count"].as_u64().unwrap_or(0) >= 2);
+    let r = app.api.get("/search?q=lpatop").await;
+    assert_eq!(r.body["did_you_mean"], "laptop", "{}", r.body);
+    assert!(r.body["total"].as_u64().unwrap_or(0) > 0);
+    let r = app.api.get("/search/suggest?q=lap").await;
+    assert_eq!(r.body["suggestions"][0], "laptop", "{}", r.body);
+}
