@@ -35,7 +35,7 @@ use tantivy::{
 
 /// Bumped whenever the schema, the analyzers or what goes into a document changes: an index
 /// written with another version is thrown away and rebuilt from the database at start-up.
-pub const SCHEMA_VERSION: u32 = 1;
+pub const SCHEMA_VERSION: u32 = 2;
 
 const STEMMED: &str = "mercato_en";
 const PLAIN: &str = "mercato_plain";
@@ -72,6 +72,7 @@ pub struct Fields {
     rating: Field,
     reviews: Field,
     in_stock: Field,
+    version: Field,
     item: Field,
 }
 
@@ -105,6 +106,7 @@ fn schema() -> (Schema, Fields) {
         rating: b.add_u64_field("rating", FAST),
         reviews: b.add_u64_field("reviews", FAST),
         in_stock: b.add_u64_field("in_stock", FAST),
+        version: b.add_i64_field("version", FAST),
         item: b.add_text_field("item", STORED),
     };
     (b.build(), fields)
@@ -235,6 +237,8 @@ struct WriterState {
     /// A full rebuild over a live index is in progress: do not expose a half-built index.
     hold_commits: bool,
     payload: Payload,
+    /// Product versions staged since the last commit (drafts and removals included).
+    staged: HashMap<String, i64>,
 }
 
 /// Why [`Engine::open`] wants a rebuild.
@@ -344,6 +348,7 @@ impl Engine {
                     dirty: false,
                     hold_commits: false,
                     payload,
+                    staged: HashMap::new(),
                 }),
             },
             rebuild,
@@ -424,6 +429,7 @@ impl Engine {
         );
         doc.add_u64(f.reviews, u64::try_from(p.rating.count).unwrap_or(0));
         doc.add_u64(f.in_stock, u64::from(item.in_stock));
+        doc.add_i64(f.version, p.version);
         doc.add_text(f.item, serde_json::to_string(&item)?);
         Ok(Some(doc))
     }
@@ -449,7 +455,34 @@ impl Engine {
         for d in docs {
             writer.add_document(d)?;
         }
+        for s in snapshots {
+            st.staged.insert(s.product.id.clone(), s.product.version);
+        }
         Ok(())
+    }
+
+    /// The catalog version of `id` the index already reflects (staged or committed), if
+    /// known: an event about an older or equal version needs no re-read.
+    pub fn known_version(&self, id: &str) -> anyhow::Result<Option<i64>> {
+        if let Some(v) = self.state()?.staged.get(id) {
+            return Ok(Some(*v));
+        }
+        let searcher = self.reader.searcher();
+        let top = searcher.search(
+            &TermQuery::new(
+                Term::from_field_text(self.f.id, id),
+                IndexRecordOption::Basic,
+            ),
+            &TopDocs::with_limit(1),
+        )?;
+        let Some((_, addr)) = top.first() else {
+            return Ok(None);
+        };
+        let column = searcher
+            .segment_reader(addr.segment_ord)
+            .fast_fields()
+            .i64("version")?;
+        Ok(column.first(addr.doc_id))
     }
 
     /// Starts a full rebuild: everything indexed so far is deleted (documents staged after
@@ -494,6 +527,7 @@ impl Engine {
         prepared.set_payload(&payload);
         prepared.commit()?;
         self.reader.reload()?;
+        st.staged.clear();
         // Everything acknowledged so far is durable now.
         match std::fs::remove_file(self.dir.join(DIRTY_MARKER)) {
             Ok(()) => {}

@@ -483,6 +483,23 @@ impl EventHandler for Indexer {
         }
         products.sort();
         products.dedup();
+        // A catalog event about a version the index already has needs no re-read (replays
+        // after a rebuild, bulk loads racing the rebuild that already covered them).
+        if let (true, Some(v)) = (
+            CATALOG_EVENTS.contains(&event.event_type.as_str()),
+            event.data.get("version").and_then(Value::as_i64),
+        ) {
+            let mut stale = Vec::with_capacity(products.len());
+            for p in products {
+                let e = engine.clone();
+                let id = p.clone();
+                let known = tokio::task::spawn_blocking(move || e.known_version(&id)).await??;
+                if known.is_none_or(|k| k < v) {
+                    stale.push(p);
+                }
+            }
+            products = stale;
+        }
         if products.is_empty() {
             return Ok(());
         }

@@ -7,6 +7,7 @@
 //! command; nothing here is asserted by timed tests.
 
 pub mod report;
+pub mod search;
 
 pub use report::{Recorder, Report, StepStats};
 
@@ -201,7 +202,8 @@ async fn health(args: &BenchArgs) -> anyhow::Result<Report> {
 pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report: Report = match args.scenario.as_str() {
         "health" => health(&args).await?,
-        other => anyhow::bail!("unknown scenario {other:?} (available: health)"),
+        "search" => search::run(&args).await?,
+        other => anyhow::bail!("unknown scenario {other:?} (available: health, search)"),
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
