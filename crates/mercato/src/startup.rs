@@ -179,6 +179,14 @@ impl Application {
             Vec::new()
         };
         let search = self.state.search.spawn(self.shutdown.clone());
+        let search_feed = match (&search, self.runs_workers) {
+            (Some(_), false) => Some(
+                self.state
+                    .search
+                    .spawn_feed(self.bus.clone(), self.shutdown.clone())?,
+            ),
+            _ => None,
+        };
         let mut stop = self.shutdown.clone();
         let trigger = self.trigger;
         let server = match self.listener {
@@ -212,6 +220,9 @@ impl Application {
         }
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        if let Some(f) = search_feed {
+            let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
         }
         if let Some(s) = search {
             let _ = tokio::time::timeout(Duration::from_secs(30), s).await;

@@ -11,7 +11,7 @@ use crate::catalog::model::Category;
 use anyhow::Context as _;
 use mercato_kernel::Kernel;
 use mercato_kernel::error::ApiError;
-use mercato_kernel::outbox::{Event, EventHandler};
+use mercato_kernel::outbox::{EmbeddedBus, Event, EventHandler};
 use mercato_kernel::shutdown::Shutdown;
 use serde_json::Value;
 use sha2::Digest as _;
@@ -209,6 +209,34 @@ impl SearchService {
                 Ok(Ok(())) => tracing::info!("search index closed"),
                 Ok(Err(e)) => tracing::error!(error = format!("{e:#}"), "closing the search index"),
                 Err(e) => tracing::error!(error = %e, "closing the search index"),
+            }
+        }))
+    }
+
+    /// For processes that serve the API without running the bus workers (`--role api`):
+    /// delivers this node's search events itself (another process relays the outbox).
+    pub fn spawn_feed(
+        &self,
+        bus: Arc<EmbeddedBus>,
+        mut shutdown: Shutdown,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        let handler = self.indexer()?;
+        let poll = Duration::from_millis(self.inner.kernel.settings.outbox_poll_ms.max(1));
+        Ok(tokio::spawn(async move {
+            while !shutdown.is_triggered() {
+                let read = match bus.consume_once(handler.as_ref()).await {
+                    Ok(n) => n,
+                    Err(e) => {
+                        tracing::warn!(error = format!("{e:#}"), "search feed failed; retrying");
+                        0
+                    }
+                };
+                if let Err(e) = bus.retry_once(handler.as_ref()).await {
+                    tracing::warn!(error = format!("{e:#}"), "search feed retries failed");
+                }
+                if read == 0 && shutdown.sleep(poll).await {
+                    break;
+                }
             }
         }))
     }

@@ -723,3 +723,29 @@ async fn the_demo_catalog_loads_once_and_makes_search_meaningful() {
     let r = app.api.get("/search/suggest?q=lap").await;
     assert_eq!(r.body["suggestions"][0], "laptop", "{}", r.body);
 }
+
+#[tokio::test]
+async fn an_api_only_node_keeps_its_index_fed() {
+    // This process runs no bus workers: in production a worker process relays the outbox
+    // (assigns log positions); here the test plays that part with `relay_once`.
+    let app = mercato_testkit::spawn_app_with(|s| s.role = "api".into()).await;
+    let (s, _) = catalog(&app).await;
+    let relay = app.bus.clone();
+    let found = app
+        .eventually(CATCH_UP, || async {
+            let _ = relay.relay_once().await;
+            let r = app.api.get("/search?q=laptop").await;
+            (r.body["total"] == 3).then_some(())
+        })
+        .await;
+    assert!(found.is_some(), "the api node's index was not fed");
+    product(&s, &s.home, "Kettle", "Smeg", "K-1", 5_900, json!({})).await;
+    let found = app
+        .eventually(CATCH_UP, || async {
+            let _ = relay.relay_once().await;
+            let r = app.api.get("/search?q=kettle").await;
+            (r.body["total"] == 1).then_some(())
+        })
+        .await;
+    assert!(found.is_some());
+}
