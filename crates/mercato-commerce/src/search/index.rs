@@ -742,7 +742,8 @@ impl Engine {
         let mut changed = false;
         let mut out = Vec::with_capacity(words.len());
         for w in words {
-            let eligible = w.chars().count() >= MIN_FUZZY_WORD_CHARS
+            // Longer words are rarely typos of one edit and cost the most candidates.
+            let eligible = (MIN_FUZZY_WORD_CHARS..=24).contains(&w.chars().count())
                 && !w.chars().any(|c| c.is_ascii_digit())
                 && !is_stopword(&w);
             if eligible

@@ -317,10 +317,13 @@ impl SearchService {
         Ok(())
     }
 
-    async fn category_info(&self) -> Result<Arc<HashMap<String, CategoryInfo>>, SearchError> {
+    /// Category names for the facet, cached; a category the cache does not know yet (created
+    /// since) forces a reload.
+    async fn category_info(&self, needed: &[&String]) -> Result<CategoryMap, SearchError> {
         if let Ok(c) = self.inner.categories.read()
             && let Some((at, map)) = c.as_ref()
             && at.elapsed() < CATEGORY_CACHE
+            && needed.iter().all(|id| map.contains_key(*id))
         {
             return Ok(map.clone());
         }
@@ -373,7 +376,9 @@ impl SearchService {
         })
         .await
         .map_err(anyhow::Error::new)??;
-        let cats = self.category_info().await?;
+        let cats = self
+            .category_info(&found.categories.keys().collect::<Vec<_>>())
+            .await?;
         let mut categories: Vec<CategoryCount> = found
             .categories
             .iter()
