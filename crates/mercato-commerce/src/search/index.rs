@@ -895,9 +895,10 @@ struct SegCollector {
     plan: Plan,
     /// `None`: no brand filter; else which brand ordinals pass.
     brand_ok: Option<Vec<bool>>,
-    category_ok: Option<HashSet<u64>>,
+    category_ok: Option<Vec<bool>>,
     brand_counts: Vec<u64>,
-    category_counts: HashMap<u64, u64>,
+    /// By category ordinal (a handful of categories, so a dense vector).
+    category_counts: Vec<u64>,
     price_ranges: Vec<u64>,
     rating: Vec<u64>,
     total: u64,
@@ -951,17 +952,20 @@ impl Collector for FacetCollector {
         let category_ok = if self.plan.filters.categories.is_empty() {
             None
         } else {
-            let mut ok = HashSet::new();
+            let mut ok = vec![false; cols.category.as_ref().map_or(0, |c| c.num_terms())];
             if let Some(col) = &cols.category {
                 for c in &self.plan.filters.categories {
-                    if let Some(ord) = col.dictionary().term_ord(c.as_bytes())? {
-                        ok.insert(ord);
+                    if let Some(ord) = col.dictionary().term_ord(c.as_bytes())?
+                        && let Some(slot) = ok.get_mut(ord as usize)
+                    {
+                        *slot = true;
                     }
                 }
             }
             Some(ok)
         };
         let num_brands = cols.brand.as_ref().map(|c| c.num_terms()).unwrap_or(0);
+        let num_categories = cols.category.as_ref().map(|c| c.num_terms()).unwrap_or(0);
         Ok(SegCollector {
             seg,
             cols,
@@ -969,7 +973,7 @@ impl Collector for FacetCollector {
             brand_ok,
             category_ok,
             brand_counts: vec![0; num_brands],
-            category_counts: HashMap::new(),
+            category_counts: vec![0; num_categories],
             price_ranges: vec![0; PRICE_BUCKETS.len()],
             rating: vec![0; RATING_THRESHOLDS.len()],
             total: 0,
@@ -1033,7 +1037,10 @@ impl SegmentCollector for SegCollector {
         }
         let category_ok = match &self.category_ok {
             None => true,
-            Some(ok) => self.cats.iter().any(|o| ok.contains(o)),
+            Some(ok) => self
+                .cats
+                .iter()
+                .any(|o| ok.get(*o as usize).copied().unwrap_or(false)),
         };
         let price = c.price.first(doc).unwrap_or(0);
         let f = &self.plan.filters;
@@ -1052,7 +1059,9 @@ impl SegmentCollector for SegCollector {
         }
         if brand_ok && price_ok && rating_ok {
             for o in &self.cats {
-                *self.category_counts.entry(*o).or_default() += 1;
+                if let Some(n) = self.category_counts.get_mut(*o as usize) {
+                    *n += 1;
+                }
             }
         }
         if brand_ok && category_ok && rating_ok {
@@ -1108,9 +1117,12 @@ impl SegmentCollector for SegCollector {
         }
         let mut categories = HashMap::new();
         if let Some(col) = &self.cols.category {
-            for (ord, n) in &self.category_counts {
+            for (ord, n) in self.category_counts.iter().enumerate() {
+                if *n == 0 {
+                    continue;
+                }
                 s.clear();
-                if col.ord_to_str(*ord, &mut s).unwrap_or(false) {
+                if col.ord_to_str(ord as u64, &mut s).unwrap_or(false) {
                     *categories.entry(s.clone()).or_default() += n;
                 }
             }
