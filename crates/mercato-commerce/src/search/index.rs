@@ -12,7 +12,7 @@ use crate::catalog::ProductSnapshot;
 use crate::catalog::model::{ProductStatus, effective_price};
 use anyhow::Context as _;
 use serde::{Deserialize, Serialize};
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use tantivy::collector::{Collector, Count, SegmentCollector, TopDocs};
@@ -583,6 +583,7 @@ impl Engine {
         let words = self.query_words(q);
         let mut stem = self.stemmed_analyzer();
         let mut clauses: Vec<(Occur, Box<dyn Query>)> = Vec::new();
+        let searcher = self.reader.searcher();
         let all_stop = words.iter().all(|w| is_stopword(w));
         for w in &words {
             let mut alts: Vec<(Occur, Box<dyn Query>)> = Vec::new();
@@ -612,7 +613,15 @@ impl Engine {
                     IndexRecordOption::Basic,
                 )),
             ));
-            if w.chars().count() >= MIN_FUZZY_WORD_CHARS && !w.chars().all(|c| c.is_ascii_digit()) {
+            // Typo tolerance for words no product contains as typed (a word that exists is
+            // taken as meant: cheaper, and "cast" does not also find "case").
+            if w.chars().count() >= MIN_FUZZY_WORD_CHARS
+                && !w.chars().all(|c| c.is_ascii_digit())
+                && searcher
+                    .doc_freq(&Term::from_field_text(f.vocab, w))
+                    .unwrap_or(0)
+                    == 0
+            {
                 alts.push((
                     Occur::Should,
                     Box::new(BoostQuery::new(
@@ -698,8 +707,11 @@ impl Engine {
     }
 
     /// Whether some listed product contains the word (as typed, or stemmed).
+    /// (Term dictionary lookups only: a word only deleted documents have still counts as
+    /// known, which at worst withholds a suggestion.)
     fn known_word(&self, searcher: &Searcher, word: &str) -> bool {
-        if Self::live_count(searcher, Term::from_field_text(self.f.vocab, word)) > 0 {
+        let df = |f: Field, t: &str| searcher.doc_freq(&Term::from_field_text(f, t)).unwrap_or(0);
+        if df(self.f.vocab, word) > 0 {
             return true;
         }
         let mut stem = self.stemmed_analyzer();
@@ -711,7 +723,7 @@ impl Engine {
                 self.f.description,
             ]
             .iter()
-            .any(|f| Self::live_count(searcher, Term::from_field_text(*f, s)) > 0)
+            .any(|f| df(*f, s) > 0)
         })
     }
 
@@ -902,7 +914,7 @@ struct SegCollector {
     price_ranges: Vec<u64>,
     rating: Vec<u64>,
     total: u64,
-    heap: BinaryHeap<(SortKey, DocId)>,
+    top: TopN,
     cats: Vec<u64>,
 }
 
@@ -977,7 +989,7 @@ impl Collector for FacetCollector {
             price_ranges: vec![0; PRICE_BUCKETS.len()],
             rating: vec![0; RATING_THRESHOLDS.len()],
             total: 0,
-            heap: BinaryHeap::new(),
+            top: TopN::new(self.plan.limit + 1),
             cats: Vec::new(),
         })
     }
@@ -1078,11 +1090,20 @@ impl SegmentCollector for SegCollector {
             return;
         }
         self.total += 1;
+        // Only the column the sort needs is read.
         let facts = SortFacts {
             price,
-            created: c.created.first(doc).unwrap_or(0),
+            created: if self.plan.sort == Sort::Newest {
+                c.created.first(doc).unwrap_or(0)
+            } else {
+                0
+            },
             rating,
-            reviews: c.reviews.first(doc).unwrap_or(0),
+            reviews: if self.plan.sort == Sort::Rating {
+                c.reviews.first(doc).unwrap_or(0)
+            } else {
+                0
+            },
         };
         let key = SortKey::of(
             self.plan.sort,
@@ -1093,13 +1114,7 @@ impl SegmentCollector for SegCollector {
         if self.plan.after.is_some_and(|a| key <= a) {
             return;
         }
-        let cap = self.plan.limit + 1;
-        if self.heap.len() < cap {
-            self.heap.push((key, doc));
-        } else if self.heap.peek().is_some_and(|(top, _)| key < *top) {
-            self.heap.pop();
-            self.heap.push((key, doc));
-        }
+        self.top.push(key, doc);
     }
 
     fn harvest(self) -> SegFruit {
@@ -1130,7 +1145,8 @@ impl SegmentCollector for SegCollector {
         let seg = self.seg;
         SegFruit {
             hits: self
-                .heap
+                .top
+                .into_sorted()
                 .into_iter()
                 .map(|(k, d)| (k, DocAddress::new(seg, d)))
                 .collect(),
@@ -1140,6 +1156,50 @@ impl SegmentCollector for SegCollector {
             price_ranges: self.price_ranges,
             rating: self.rating,
         }
+    }
+}
+
+/// The `cap` smallest keys seen: a buffer pruned to `cap` whenever it doubles (amortised
+/// constant time per document, and a threshold that skips most documents once warm — a heap
+/// would sift on every document when they arrive in sort order, as `newest` over a freshly
+/// built index does).
+struct TopN {
+    cap: usize,
+    buf: Vec<(SortKey, DocId)>,
+    threshold: Option<SortKey>,
+}
+
+impl TopN {
+    fn new(cap: usize) -> TopN {
+        TopN {
+            cap: cap.max(1),
+            buf: Vec::with_capacity(cap.max(1) * 2),
+            threshold: None,
+        }
+    }
+
+    fn push(&mut self, key: SortKey, doc: DocId) {
+        if self.threshold.is_some_and(|t| key >= t) {
+            return;
+        }
+        self.buf.push((key, doc));
+        if self.buf.len() >= self.cap * 2 {
+            self.prune();
+        }
+    }
+
+    fn prune(&mut self) {
+        if self.buf.len() > self.cap {
+            self.buf.select_nth_unstable(self.cap - 1);
+            self.buf.truncate(self.cap);
+            self.threshold = self.buf.iter().map(|(k, _)| *k).max();
+        }
+    }
+
+    fn into_sorted(mut self) -> Vec<(SortKey, DocId)> {
+        self.prune();
+        self.buf.sort_unstable();
+        self.buf
     }
 }
 
@@ -1155,4 +1215,33 @@ pub fn top_brands(counts: &HashMap<String, u64>, selected: &[String]) -> Vec<(St
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn top_n_keeps_the_smallest_keys_in_order() {
+        let key = |p: i64| SortKey {
+            primary: p,
+            tiebreak: 7,
+        };
+        for order in [
+            (0..1000).collect::<Vec<i64>>(),
+            (0..1000).rev().collect(),
+            (0..1000).map(|i| (i * 7919) % 1000).collect(),
+        ] {
+            let mut top = TopN::new(21);
+            for (d, p) in order.iter().enumerate() {
+                top.push(key(*p), d as DocId);
+            }
+            let got: Vec<i64> = top.into_sorted().iter().map(|(k, _)| k.primary).collect();
+            assert_eq!(got, (0..21).collect::<Vec<i64>>());
+        }
+        let mut few = TopN::new(5);
+        few.push(key(3), 0);
+        few.push(key(1), 1);
+        assert_eq!(few.into_sorted().len(), 2);
+    }
 }
