@@ -14,6 +14,7 @@ pub mod orders;
 pub mod payments;
 pub mod pricing;
 pub mod seams;
+pub mod search;
 
 use axum::extract::FromRef;
 use mercato_kernel::Kernel;
@@ -30,6 +31,7 @@ pub struct AppState {
     pub payments: payments::PaymentService,
     pub orders: orders::OrderService,
     pub checkout: checkout::CheckoutService,
+    pub search: search::SearchService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -80,6 +82,7 @@ impl AppState {
             },
         )?;
         payments.set_outcome_listener(std::sync::Arc::new(checkout.clone()));
+        let search = search::SearchService::new(kernel.clone(), catalog.clone());
         Ok(AppState {
             kernel,
             identity,
@@ -89,6 +92,7 @@ impl AppState {
             payments,
             orders,
             checkout,
+            search,
         })
     }
 }
@@ -103,4 +107,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(payments::http::router())
         .merge(orders::http::router())
         .merge(checkout::http::router())
+        .merge(search::http::router())
 }

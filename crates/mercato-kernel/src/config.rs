@@ -196,6 +196,8 @@ settings! {
     notify_types: Option<String> = None;
     /// Template locale used when a message names none.
     notify_default_locale: String = "en".into();
+    /// How often staged search index changes are committed (made searchable), milliseconds.
+    search_commit_ms: u64 = 1000;
 }
 
 trait FromSetting: Sized {

@@ -9,6 +9,13 @@ pub fn init_tracing(format: &str, level: &str) {
     let filter = EnvFilter::try_from_default_env()
         .or_else(|_| EnvFilter::try_new(level))
         .unwrap_or_else(|_| EnvFilter::new("info"));
+    // The search engine logs every commit at info; keep it quiet unless asked for by name.
+    let asked =
+        level.contains("tantivy") || std::env::var("RUST_LOG").is_ok_and(|v| v.contains("tantivy"));
+    let filter = match "tantivy=warn".parse() {
+        Ok(d) if !asked => filter.add_directive(d),
+        _ => filter,
+    };
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false);

@@ -61,7 +61,7 @@ pub struct TestApp {
     pub gateway: mercato_gateway_sim::GatewaySim,
     stopper: ShutdownTrigger,
     server: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
-    _data_dir: tempfile::TempDir,
+    _data_dir: Option<tempfile::TempDir>,
     _pg: Option<postgres::TestDatabase>,
 }
 
@@ -120,7 +120,15 @@ async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<Test
         None => None,
     };
     configure(&mut settings);
-    let clock = Arc::new(TestClock::default());
+    start(settings, Arc::new(TestClock::default()), data_dir, pg).await
+}
+
+async fn start(
+    settings: Settings,
+    clock: Arc<TestClock>,
+    data_dir: tempfile::TempDir,
+    pg: Option<postgres::TestDatabase>,
+) -> anyhow::Result<TestApp> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let app = Application::build(
         settings.clone(),
@@ -155,7 +163,7 @@ async fn try_spawn(configure: impl FnOnce(&mut Settings)) -> anyhow::Result<Test
         gateway,
         stopper,
         server: Some(server),
-        _data_dir: data_dir,
+        _data_dir: Some(data_dir),
         _pg: pg,
     })
 }
@@ -166,6 +174,24 @@ impl TestApp {
         self.stopper.trigger();
         if let Some(s) = self.server.take() {
             let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
+        }
+    }
+
+    /// Stops the application gracefully and starts it again on the same database, data
+    /// directory and clock (a new port and client); `between` runs while it is stopped
+    /// (e.g. to delete the search index).
+    pub async fn restart(mut self, between: impl FnOnce(&Settings)) -> TestApp {
+        self.stopper.trigger();
+        if let Some(s) = self.server.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
+        }
+        between(&self.settings);
+        let (Some(data_dir), pg) = (self._data_dir.take(), self._pg.take()) else {
+            panic!("restarting a test app without its data directory");
+        };
+        match start(self.settings.clone(), self.clock.clone(), data_dir, pg).await {
+            Ok(app) => app,
+            Err(e) => panic!("restarting the test app failed: {e:#}"),
         }
     }
 

@@ -32,6 +32,18 @@ pub enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Search index maintenance.
+    Search {
+        #[command(subcommand)]
+        command: SearchCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum SearchCommand {
+    /// Rebuild the search index of this data directory from the database (stop the server
+    /// using the data directory first: it holds the index).
+    Reindex,
 }
 
 #[derive(Args, Debug)]

@@ -1,7 +1,7 @@
 #![forbid(unsafe_code)]
 
 use clap::Parser;
-use mercato::cli::{AdminCommand, Cli, Command};
+use mercato::cli::{AdminCommand, Cli, Command, SearchCommand};
 use mercato::startup::{Application, BuildOptions, build_state, connect_database, shutdown_signal};
 use mercato_kernel::auth::Role;
 use std::process::ExitCode;
@@ -46,6 +46,15 @@ async fn run(cli: Cli, settings: mercato_kernel::config::Settings) -> anyhow::Re
         }
         Command::Bench(args) => mercato::bench::run(args).await,
         Command::GatewaySim(args) => mercato::gateway::run_simulator(args, &settings).await,
+        Command::Search {
+            command: SearchCommand::Reindex,
+        } => {
+            let (state, _bus) = build_state(settings, None).await?;
+            let (products, docs) = state.search.reindex_offline().await?;
+            println!("search index rebuilt: {products} products read, {docs} listed");
+            state.kernel.db.close().await;
+            Ok(())
+        }
         Command::Migrate => {
             let db = connect_database(&settings).await?;
             let versions = mercato_kernel::db::Db::migration_versions(db.backend());

@@ -116,6 +116,11 @@ impl Application {
         let role = settings.process_role()?;
         let addr = settings.addr.clone();
         let (state, bus, gateway) = build_state_with_gateway(settings, opts.clock).await?;
+        if role.runs_api() {
+            // Each API node keeps its own search index, fed by its own durable consumer.
+            state.search.open()?;
+            bus.subscribe(state.search.indexer()?);
+        }
         let listener = if role.runs_api() {
             Some(match opts.listener {
                 Some(l) => l,
@@ -277,6 +282,15 @@ impl Application {
         } else {
             Vec::new()
         };
+        let search = self.state.search.spawn(self.shutdown.clone());
+        let search_feed = match (&search, self.runs_workers) {
+            (Some(_), false) => Some(
+                self.state
+                    .search
+                    .spawn_feed(self.bus.clone(), self.shutdown.clone())?,
+            ),
+            _ => None,
+        };
         let mut stop = self.shutdown.clone();
         let trigger = self.trigger;
         let server = match self.listener {
@@ -310,6 +324,12 @@ impl Application {
         }
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;
+        }
+        if let Some(f) = search_feed {
+            let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
+        }
+        if let Some(s) = search {
+            let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
         }
         if let Some(sim) = self.gateway.simulator {
             sim.stop().await;

@@ -9,6 +9,7 @@
 pub mod commerce;
 pub mod notify;
 pub mod report;
+pub mod search;
 
 pub use report::{Recorder, Report, StepStats};
 
@@ -215,11 +216,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     let report: Report = match args.scenario.as_str() {
         "health" => health(&args).await?,
         "notify" => notify::run(&args).await?,
+        "search" => search::run(&args).await?,
         "flash-sale" => commerce::flash_sale(&args).await?,
         "checkout" => commerce::checkout(&args).await?,
         "db-commit" => commerce::db_commit(&args).await?,
         other => anyhow::bail!(
-            "unknown scenario {other:?} (available: health, db-commit, notify, flash-sale, checkout)"
+            "unknown scenario {other:?} (available: health, db-commit, search, notify, flash-sale, checkout)"
         ),
     };
     if args.json {

@@ -16,6 +16,7 @@ mod inventory;
 mod notifications;
 mod orders;
 mod outbox;
+mod search;
 
 pub fn unique_email(tag: &str) -> String {
     format!("{tag}-{}@example.com", mercato_kernel::id::random_hex(6))
