@@ -53,6 +53,18 @@ pub async fn load(state: &AppState) -> anyhow::Result<Vec<String>> {
         format!("  customer: {CUSTOMER_EMAIL} / {DEMO_PASSWORD}"),
     ];
     if !loaded {
+        let admin_id = state
+            .identity
+            .login(
+                ADMIN_EMAIL,
+                DEMO_PASSWORD,
+                std::net::IpAddr::from([127, 0, 0, 1]),
+                None,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("finding the demo admin: {e}"))?
+            .user
+            .id;
         let seller = match seller_id {
             Some(s) => s,
             None => {
@@ -79,6 +91,10 @@ pub async fn load(state: &AppState) -> anyhow::Result<Vec<String>> {
         lines.push(format!(
             "  catalog:  {DEMO_PRODUCTS} products in {} categories (try /api/v1/search?q=lpatop)",
             CATEGORIES.len()
+        ));
+        let units = stock_demo(state, &admin_id).await?;
+        lines.push(format!(
+            "  stock:    {units} units in 2 warehouses (Austin, US and Berlin, DE)"
         ));
     }
     Ok(lines)
@@ -383,6 +399,59 @@ fn mix(mut x: u64) -> u64 {
 fn pick<T>(items: &[T], n: u64, salt: u64) -> &T {
     let len = items.len().max(1) as u64;
     &items[(mix(n.wrapping_mul(31).wrapping_add(salt)) % len) as usize]
+}
+
+/// Two warehouses and stock for every demo SKU (a few left out of stock on purpose).
+async fn stock_demo(state: &AppState, admin_id: &str) -> anyhow::Result<i64> {
+    let admin = mercato_kernel::auth::Principal {
+        subject: admin_id.to_owned(),
+        role: Role::Admin,
+    };
+    let mut warehouses = Vec::new();
+    for (code, name, country, region) in [
+        ("AUS-1", "Austin", "US", Some("TX")),
+        ("BER-1", "Berlin", "DE", None),
+    ] {
+        let w = state
+            .inventory
+            .create_warehouse(code, name, country, region)
+            .await
+            .map_err(|e| anyhow::anyhow!("creating demo warehouse {code}: {e}"))?;
+        warehouses.push(w.id);
+    }
+    let products = state
+        .catalog
+        .product_ids_after("", DEMO_PRODUCTS as i64 * 2)
+        .await
+        .map_err(|e| anyhow::anyhow!("listing demo products: {e}"))?;
+    let snapshots = state
+        .catalog
+        .snapshots(&products)
+        .await
+        .map_err(|e| anyhow::anyhow!("reading demo products: {e}"))?;
+    let mut total = 0;
+    for (n, snap) in snapshots.iter().enumerate() {
+        for (v, variant) in snap.product.variants.iter().enumerate() {
+            if !variant.sku.starts_with(DEMO_SKU_PREFIX) {
+                continue;
+            }
+            for (w, wh) in warehouses.iter().enumerate() {
+                // Deterministic, varied stock; every 13th variant sold out in Berlin.
+                let units = if (n + v) % 13 == 0 && w == 1 {
+                    0
+                } else {
+                    ((n * 7 + v * 11 + w * 5) % 40 + 5) as i64
+                };
+                state
+                    .inventory
+                    .set_on_hand(&admin, &variant.sku, wh, units)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("stocking {}: {e}", variant.sku))?;
+                total += units;
+            }
+        }
+    }
+    Ok(total)
 }
 
 /// The SKU of variant `v` of product number `n`.

@@ -6,6 +6,7 @@
 //! temporary SQLite database and seeds it. Results go to `docs/BENCHMARKS.md` with the exact
 //! command; nothing here is asserted by timed tests.
 
+pub mod cart;
 pub mod commerce;
 pub mod notify;
 pub mod report;
@@ -217,11 +218,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "health" => health(&args).await?,
         "notify" => notify::run(&args).await?,
         "search" => search::run(&args).await?,
+        "cart" => cart::run(&args).await?,
         "flash-sale" => commerce::flash_sale(&args).await?,
         "checkout" => commerce::checkout(&args).await?,
         "db-commit" => commerce::db_commit(&args).await?,
         other => anyhow::bail!(
-            "unknown scenario {other:?} (available: health, db-commit, search, notify, flash-sale, checkout)"
+            "unknown scenario {other:?} (available: health, db-commit, search, cart, notify, flash-sale, checkout)"
         ),
     };
     if args.json {

@@ -57,7 +57,10 @@ const FILTERED: &[&str] = &[
     "q=camera&rating=0&sort=rating",
 ];
 
-async fn in_process(args: &BenchArgs, size: usize) -> anyhow::Result<(Target, Vec<String>)> {
+pub(crate) async fn in_process(
+    args: &BenchArgs,
+    size: usize,
+) -> anyhow::Result<(Target, Vec<String>)> {
     let dir = tempfile::tempdir()?;
     let mut settings = mercato_kernel::config::Settings::load(None, std::env::vars())?;
     settings.data_dir = dir.path().to_path_buf();
@@ -200,6 +203,11 @@ async fn remote_ids(base: &str) -> anyhow::Result<Vec<String>> {
     }
     anyhow::ensure!(!ids.is_empty(), "the target lists no products");
     Ok(ids)
+}
+
+/// A well-spread pseudo-random number from a counter (shared by the cart bench).
+pub(crate) fn spread(x: u64) -> u64 {
+    mix(x)
 }
 
 fn mix(x: u64) -> u64 {

@@ -726,6 +726,37 @@ async fn the_demo_catalog_loads_once_and_makes_search_meaningful() {
     assert!(r.body["total"].as_u64().unwrap_or(0) > 0);
     let r = app.api.get("/search/suggest?q=lap").await;
     assert_eq!(r.body["suggestions"][0], "laptop", "{}", r.body);
+
+    // Stock in two warehouses, so the demo can be bought end to end.
+    assert!(
+        lines.iter().any(|l| l.contains("2 warehouses")),
+        "{lines:?}"
+    );
+    let admin = app.admin().await;
+    assert_eq!(
+        admin.get("/warehouses").await.body["data"]
+            .as_array()
+            .map(Vec::len),
+        Some(2)
+    );
+    let stock = admin
+        .stock(&mercato::demo::sku(mercato::demo::DEMO_SKU_PREFIX, 0, 0))
+        .await;
+    assert_eq!(
+        stock.body["warehouses"].as_array().map(Vec::len),
+        Some(2),
+        "{}",
+        stock.body
+    );
+    assert!(stock.body["available"].as_i64().unwrap_or(0) > 0);
+    let (c, order) = crate::orders::bought(
+        &app,
+        &mercato::demo::sku(mercato::demo::DEMO_SKU_PREFIX, 1, 0),
+        1,
+    )
+    .await;
+    assert_eq!(order["status"], "confirmed");
+    let _ = c;
 }
 
 #[tokio::test]
