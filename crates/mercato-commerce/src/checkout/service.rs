@@ -969,6 +969,9 @@ impl CheckoutService {
             now,
         )
         .await?;
+        // Also when the capture was recorded earlier (reconciliation of a capture without an
+        // order): the payment must point at its order.
+        crate::payments::store::PaymentStore::set_order_tx(&mut tx, &payment.id, &order_id).await?;
         CheckoutStore::step_tx(
             &mut tx,
             saga_id,
@@ -1401,6 +1404,21 @@ impl CheckoutService {
         for p in &pending {
             if let Err(e) = self.settle_payment(&p.id).await {
                 tracing::warn!(payment = %p.id, error = %e, "reconciliation failed; will retry");
+            }
+        }
+        // Captured payments without an order (a capture recorded, its settlement lost).
+        let orphans = self
+            .inner
+            .payments
+            .captured_without_order(
+                Duration::from_secs(self.inner.kernel.settings.saga_stuck_after_secs),
+                100,
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        for p in &orphans {
+            if let Err(e) = self.settle_payment(&p.id).await {
+                tracing::warn!(payment = %p.id, error = %e, "settling a capture without an order failed; will retry");
             }
         }
         // Reservations without a live checkout.

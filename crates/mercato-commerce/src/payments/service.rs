@@ -482,16 +482,17 @@ impl PaymentService {
             .await?)
     }
 
-    /// Captured payments (for reconciliation: captured but no order).
-    pub async fn captured_before(
+    /// Captured payments no order references (reconciliation: never a capture without an
+    /// order — such a payment is either turned into its order or refunded).
+    pub async fn captured_without_order(
         &self,
-        before: Timestamp,
+        older_than: Duration,
         limit: i64,
     ) -> Result<Vec<PaymentRow>, PaymentError> {
         Ok(self
             .inner
             .store
-            .in_status(PaymentStatus::Captured, before, limit)
+            .captured_without_order(self.now().minus(older_than), limit)
             .await?)
     }
 

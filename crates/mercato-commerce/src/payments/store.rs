@@ -237,6 +237,25 @@ impl PaymentStore {
         .collect()
     }
 
+    /// Captured payments that no order references, untouched since `before`.
+    pub async fn captured_without_order(
+        &self,
+        before: Timestamp,
+        limit: i64,
+    ) -> StoreResult<Vec<PaymentRow>> {
+        sqlx::query(&format!(
+            "SELECT {PAYMENT_COLUMNS} FROM payments WHERE status = 'captured' AND order_id IS NULL \
+             AND updated_at < $1 ORDER BY updated_at LIMIT $2"
+        ))
+        .bind(before.as_micros())
+        .bind(limit)
+        .fetch_all(self.db.reader())
+        .await?
+        .iter()
+        .map(payment_of)
+        .collect()
+    }
+
     pub async fn ledger(&self, payment_id: &str) -> StoreResult<Vec<LedgerEntry>> {
         let rows = sqlx::query(
             "SELECT entry_type, amount, currency, at, gateway_ref, metadata FROM payment_ledger \

@@ -618,3 +618,58 @@ async fn a_signed_webhook_settles_a_pending_payment_without_waiting_for_reconcil
     assert_eq!(c.order(&order_id).await.body["status"], "confirmed");
     assert_eq!(app.gateway.captured_count(&reference), 1);
 }
+
+#[tokio::test]
+async fn reconciliation_turns_a_capture_without_an_order_into_its_order() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "orph").await;
+    admin.set_stock(&sku, &de, 2).await;
+    let (c, chk) = checkout_for(&app, &sku, 1).await;
+    app.state.kernel.failpoints.enable("checkout.after_charge");
+    assert_eq!(c.pay(&chk.id(), "tok_visa", "o1").await.status, 500);
+    app.state.kernel.failpoints.disable("checkout.after_charge");
+    // The capture got recorded (as a webhook or an operator would) but no order was made.
+    let reference = format!("{}:pay:1", chk.id());
+    let charge = app
+        .gateway
+        .charges_for(&reference)
+        .into_iter()
+        .next()
+        .unwrap_or_else(|| panic!("no charge"));
+    sqlx::query("UPDATE payments SET status = 'captured', captured = amount, gateway_ref = $1 WHERE checkout_id = $2")
+        .bind(&charge.id)
+        .bind(chk.id())
+        .execute(app.state.kernel.db.writer())
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    app.clock.advance(Duration::from_secs(31));
+    app.state
+        .checkout
+        .reconcile()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (status, order_id): (String, String) =
+        sqlx::query_as("SELECT status, id FROM orders WHERE checkout_id = $1")
+            .bind(chk.id())
+            .fetch_one(app.state.kernel.db.reader())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(status, "confirmed");
+    let linked: Option<String> =
+        sqlx::query_scalar("SELECT order_id FROM payments WHERE checkout_id = $1")
+            .bind(chk.id())
+            .fetch_one(app.state.kernel.db.reader())
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(linked.as_deref(), Some(order_id.as_str()));
+    assert_eq!(app.gateway.captured_count(&reference), 1);
+    assert_eq!(
+        count(
+            &app,
+            "SELECT COUNT(*) FROM payments WHERE status = 'captured' AND order_id IS NULL",
+            ""
+        )
+        .await,
+        0
+    );
+}
