@@ -168,6 +168,17 @@ impl EmbeddedBus {
         result
     }
 
+    /// Gives up this process's consumer leases (at shutdown).
+    pub async fn release_leases(&self) -> anyhow::Result<u64> {
+        let r = sqlx::query(
+            "UPDATE consumer_offsets SET owner = NULL, lease_until = 0 WHERE owner = $1",
+        )
+        .bind(&self.node)
+        .execute(self.db.writer())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
     /// Delivers one batch after the consumer's offset. Returns how many events were read.
     pub async fn consume_once(&self, handler: &dyn EventHandler) -> anyhow::Result<usize> {
         let name = handler.name();
@@ -338,5 +349,10 @@ impl EventBus for EmbeddedBus {
             }
         })
         .await;
+        // Hand the consumers back at once, so a restarted (or another) process does not wait
+        // for this one's leases to run out before delivering again.
+        if let Err(e) = self.release_leases().await {
+            tracing::warn!(error = %format!("{e:#}"), "could not release consumer leases");
+        }
     }
 }

@@ -213,3 +213,36 @@ async fn the_outbox_admin_list_validates_its_query() {
     assert_eq!(r.status, 200);
     assert!(r.body["unpublished_count"].is_i64());
 }
+
+#[tokio::test]
+async fn a_restarted_process_delivers_at_once_because_leases_are_handed_back_at_shutdown() {
+    let app = spawn_app().await;
+    let h = flaky(&app, "test-restart", "customer-", 0, false);
+    app.customer().await;
+    let first = app
+        .eventually(Duration::from_secs(30), || async {
+            (h.effects.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+    assert!(first.is_some());
+    let app = app.restart(|_| {}).await;
+    let lease: i64 = sqlx::query_scalar(
+        "SELECT lease_until FROM consumer_offsets WHERE consumer = 'test-restart'",
+    )
+    .fetch_one(app.state.kernel.db.reader())
+    .await
+    .unwrap_or(-1);
+    assert_eq!(lease, 0, "the stopped process gave its lease back");
+    let h2 = flaky(&app, "test-restart", "customer-", 0, false);
+    app.customer().await;
+    // Well inside the 30 s lease a crashed process would leave behind.
+    let second = app
+        .eventually(Duration::from_secs(10), || async {
+            (h2.effects.load(Ordering::SeqCst) == 1).then_some(())
+        })
+        .await;
+    assert!(
+        second.is_some(),
+        "the new process delivered without waiting for a lease"
+    );
+}
