@@ -51,6 +51,14 @@ pub struct EmbeddedBus {
     cfg: BusConfig,
     node: String,
     handlers: RwLock<Vec<Arc<dyn EventHandler>>>,
+    /// Leases this process holds: consumer → (offset, lease end). While a lease is held no
+    /// other process writes that consumer's row, so the offset can be kept here and the lease
+    /// renewed only past half its life — not on every pump (each renewal is a durable write).
+    leases: std::sync::Mutex<std::collections::HashMap<String, (i64, crate::Timestamp)>>,
+    /// Consumers whose offset row is known to exist.
+    ensured: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// When due retries were last looked for.
+    last_retry_check: std::sync::Mutex<Option<std::time::Instant>>,
 }
 
 const EVENT_COLUMNS: &str = "o.id, o.event_type, o.occurred_at, o.aggregate_type, \
@@ -79,6 +87,9 @@ impl EmbeddedBus {
             cfg,
             node: crate::id::new_id("node"),
             handlers: RwLock::new(Vec::new()),
+            leases: std::sync::Mutex::new(std::collections::HashMap::new()),
+            ensured: std::sync::Mutex::new(std::collections::HashSet::new()),
+            last_retry_check: std::sync::Mutex::new(None),
         }
     }
 
@@ -88,6 +99,15 @@ impl EmbeddedBus {
 
     /// Assigns log positions to committed, unpublished events. Returns how many.
     pub async fn relay_once(&self) -> anyhow::Result<usize> {
+        // Most pumps find nothing to publish: ask a reader first, so they cost no write
+        // transaction on the (single, on SQLite) writer.
+        let pending: Option<i64> =
+            sqlx::query_scalar("SELECT seq FROM outbox WHERE log_pos IS NULL LIMIT 1")
+                .fetch_optional(self.db.reader())
+                .await?;
+        if pending.is_none() {
+            return Ok(0);
+        }
         let mut tx = self.db.begin().await?;
         // Locking the head row serializes relays across processes (PostgreSQL); on SQLite
         // BEGIN IMMEDIATE already did. Reading the unpublished rows after taking the lock means
@@ -128,16 +148,35 @@ impl EmbeddedBus {
     /// Takes (or renews) this process's lease on `consumer`; returns its offset when held.
     async fn lease(&self, consumer: &str) -> anyhow::Result<Option<i64>> {
         let now = self.clock.now();
+        let half = self.cfg.lease / 2;
+        if let Some((pos, until)) = self
+            .leases
+            .lock()
+            .ok()
+            .and_then(|l| l.get(consumer).copied())
+            && until.since(now) > half
+        {
+            return Ok(Some(pos));
+        }
         let until = now.plus(self.cfg.lease);
-        let mut tx = self.db.begin().await?;
-        sqlx::query(
-            "INSERT INTO consumer_offsets (consumer, position, owner, lease_until, updated_at) \
-             VALUES ($1, 0, NULL, 0, $2) ON CONFLICT (consumer) DO NOTHING",
-        )
-        .bind(consumer)
-        .bind(now.as_micros())
-        .execute(&mut *tx)
-        .await?;
+        let known = self
+            .ensured
+            .lock()
+            .map(|e| e.contains(consumer))
+            .unwrap_or(false);
+        if !known {
+            sqlx::query(
+                "INSERT INTO consumer_offsets (consumer, position, owner, lease_until, updated_at) \
+                 VALUES ($1, 0, NULL, 0, $2) ON CONFLICT (consumer) DO NOTHING",
+            )
+            .bind(consumer)
+            .bind(now.as_micros())
+            .execute(self.db.writer())
+            .await?;
+            if let Ok(mut e) = self.ensured.lock() {
+                e.insert(consumer.to_owned());
+            }
+        }
         let pos: Option<i64> = sqlx::query_scalar(
             "UPDATE consumer_offsets SET owner = $1, lease_until = $2 \
              WHERE consumer = $3 AND (owner = $1 OR owner IS NULL OR lease_until < $4) \
@@ -147,10 +186,31 @@ impl EmbeddedBus {
         .bind(until.as_micros())
         .bind(consumer)
         .bind(now.as_micros())
-        .fetch_optional(&mut *tx)
+        .fetch_optional(self.db.writer())
         .await?;
-        tx.commit().await?;
+        if let Ok(mut l) = self.leases.lock() {
+            match pos {
+                Some(p) => {
+                    l.insert(consumer.to_owned(), (p, until));
+                }
+                None => {
+                    l.remove(consumer);
+                }
+            }
+        }
         Ok(pos)
+    }
+
+    fn remember_position(&self, consumer: &str, position: i64, still_held: bool) {
+        if let Ok(mut l) = self.leases.lock() {
+            if still_held {
+                if let Some(entry) = l.get_mut(consumer) {
+                    entry.0 = position;
+                }
+            } else {
+                l.remove(consumer);
+            }
+        }
     }
 
     async fn call(&self, handler: &dyn EventHandler, event: &Event) -> anyhow::Result<()> {
@@ -170,6 +230,9 @@ impl EmbeddedBus {
 
     /// Gives up this process's consumer leases (at shutdown).
     pub async fn release_leases(&self) -> anyhow::Result<u64> {
+        if let Ok(mut l) = self.leases.lock() {
+            l.clear();
+        }
         let r = sqlx::query(
             "UPDATE consumer_offsets SET owner = NULL, lease_until = 0 WHERE owner = $1",
         )
@@ -208,7 +271,7 @@ impl EmbeddedBus {
             last = pos;
         }
         lag_gauge(name, &self.db, last).await;
-        sqlx::query(
+        let moved = sqlx::query(
             "UPDATE consumer_offsets SET position = $1, updated_at = $2 \
              WHERE consumer = $3 AND owner = $4",
         )
@@ -218,6 +281,7 @@ impl EmbeddedBus {
         .bind(&self.node)
         .execute(self.db.writer())
         .await?;
+        self.remember_position(name, last, moved.rows_affected() == 1);
         Ok(rows.len())
     }
 
@@ -324,9 +388,36 @@ impl EventBus for EmbeddedBus {
 
     async fn pump(&self) -> anyhow::Result<Outcome> {
         let mut worked = self.relay_once().await? > 0;
+        // One read of the log head spares a read per consumer already caught up.
+        let head: i64 = sqlx::query_scalar("SELECT position FROM outbox_log_head WHERE id = 1")
+            .fetch_one(self.db.reader())
+            .await?;
+        // Due retries are rare: look for them at most once a second (or when told to).
+        let check_retries = {
+            let now = std::time::Instant::now();
+            match self.last_retry_check.lock() {
+                Ok(mut last)
+                    if last.is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1)) =>
+                {
+                    *last = Some(now);
+                    true
+                }
+                _ => false,
+            }
+        };
         for h in self.handlers() {
-            worked |= self.consume_once(h.as_ref()).await? > 0;
-            worked |= self.retry_once(h.as_ref()).await? > 0;
+            let caught_up = self
+                .leases
+                .lock()
+                .ok()
+                .and_then(|l| l.get(h.name()).map(|(pos, _)| *pos >= head))
+                .unwrap_or(false);
+            if !caught_up {
+                worked |= self.consume_once(h.as_ref()).await? > 0;
+            }
+            if check_retries {
+                worked |= self.retry_once(h.as_ref()).await? > 0;
+            }
         }
         Ok(if worked {
             Outcome::Worked
