@@ -709,11 +709,6 @@ impl CheckoutService {
             .payments
             .begin_tx(&mut tx, &c.id, attempt, &c.customer_id, c.total, now)
             .await?;
-        sqlx::query("UPDATE sagas SET payment_id = $1 WHERE id = $2")
-            .bind(&payment.id)
-            .bind(&saga.id)
-            .execute(&mut *tx)
-            .await?;
         CheckoutStore::set_status_tx(
             &mut tx,
             &c.id,
@@ -732,6 +727,16 @@ impl CheckoutService {
             "charge",
             "started",
             Some(&payment.idempotency_key),
+            now,
+        )
+        .await?;
+        CheckoutStore::set_saga_payment_tx(
+            &mut tx,
+            &saga.id,
+            "running",
+            Some(&payment.id),
+            None,
+            None,
             now,
         )
         .await?;
@@ -1051,9 +1056,12 @@ impl CheckoutService {
             "pending"
         };
         CheckoutStore::step_tx(&mut tx, saga_id, "refund", state, Some(refund_id), now).await?;
-        if state == "succeeded" {
-            CheckoutStore::set_saga_tx(&mut tx, saga_id, "compensated", None, None, now).await?;
-        }
+        let status = if state == "succeeded" {
+            "compensated"
+        } else {
+            "compensating"
+        };
+        CheckoutStore::set_saga_tx(&mut tx, saga_id, status, None, None, now).await?;
         tx.commit().await?;
         Ok(())
     }

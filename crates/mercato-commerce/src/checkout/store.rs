@@ -283,15 +283,11 @@ impl CheckoutStore {
         .bind(detail)
         .execute(&mut **tx)
         .await?;
-        sqlx::query("UPDATE sagas SET step = $1, updated_at = $2 WHERE id = $3")
-            .bind(step)
-            .bind(now.as_micros())
-            .bind(saga_id)
-            .execute(&mut **tx)
-            .await?;
         Ok(())
     }
 
+    /// Sets the saga's status (and order, error), and its current step to the last one logged
+    /// — one statement, run once at the end of each transaction that logs steps.
     pub async fn set_saga_tx(
         tx: &mut Tx,
         saga_id: &str,
@@ -300,14 +296,31 @@ impl CheckoutStore {
         error: Option<&str>,
         now: Timestamp,
     ) -> StoreResult<()> {
+        Self::set_saga_payment_tx(tx, saga_id, status, None, order_id, error, now).await
+    }
+
+    /// [`CheckoutStore::set_saga_tx`], also recording the attempt's payment.
+    pub async fn set_saga_payment_tx(
+        tx: &mut Tx,
+        saga_id: &str,
+        status: &str,
+        payment_id: Option<&str>,
+        order_id: Option<&str>,
+        error: Option<&str>,
+        now: Timestamp,
+    ) -> StoreResult<()> {
         sqlx::query(
-            "UPDATE sagas SET status = $1, order_id = COALESCE($2, order_id), error = COALESCE($3, error), updated_at = $4 WHERE id = $5",
+            "UPDATE sagas SET status = $1, order_id = COALESCE($2, order_id), error = COALESCE($3, error), \
+             updated_at = $4, payment_id = COALESCE($6, payment_id), \
+             step = COALESCE((SELECT s.step FROM saga_steps s WHERE s.saga_id = $5 \
+             ORDER BY s.seq DESC LIMIT 1), step) WHERE id = $5",
         )
         .bind(status)
         .bind(order_id)
         .bind(error)
         .bind(now.as_micros())
         .bind(saga_id)
+        .bind(payment_id)
         .execute(&mut **tx)
         .await?;
         Ok(())

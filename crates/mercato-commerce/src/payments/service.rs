@@ -202,7 +202,8 @@ impl PaymentService {
         r
     }
 
-    /// Records a capture (from `initiated` or `pending_verification`). `false` if it was
+    /// Records a capture (from `initiated` or `pending_verification`); `order_id` goes into the
+    /// event (the caller links the payment to its order). `false` if it was
     /// already recorded.
     pub async fn record_capture_tx(
         tx: &mut Tx,
@@ -251,9 +252,6 @@ impl PaymentService {
             now,
         )
         .await?;
-        if let Some(o) = order_id {
-            PaymentStore::set_order_tx(tx, &p.id, o).await?;
-        }
         outbox::append(
             tx,
             now,
