@@ -605,11 +605,13 @@ impl CheckoutService {
                     .with("checkout_status", other.as_str())));
             }
         }
-        let decision = self
+        let attempts = self
             .inner
-            .fraud
-            .assess(&c.customer_id, c.total.amount, now)
-            .await?;
+            .payments
+            .attempts_last_hour(&c.customer_id)
+            .await
+            .map_err(api)?;
+        let decision = self.inner.fraud.assess(c.total.amount, attempts);
 
         // 1. Intent: payment initiated, saga running, steps logged — committed before any I/O.
         let mut tx = self.db().begin().await?;

@@ -11,9 +11,9 @@ use mercato_kernel::Timestamp;
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::error::{ApiError, Problem};
 use mercato_kernel::http::{ApiJson, ApiQuery, created};
+use mercato_kernel::outbox::AuditEntry;
 use mercato_kernel::pagination::{Page, PageQuery};
-use serde::{Deserialize, Serialize};
-use sqlx::Row as _;
+use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -292,19 +292,6 @@ pub struct AuditQuery {
     pub cursor: Option<String>,
 }
 
-#[derive(Serialize, utoipa::ToSchema)]
-pub struct AuditEntry {
-    pub id: String,
-    pub at: Timestamp,
-    pub actor: String,
-    pub action: String,
-    pub entity_type: String,
-    pub entity_id: String,
-    #[schema(value_type = Object)]
-    pub data: serde_json::Value,
-    pub request_id: Option<String>,
-}
-
 /// The append-only audit trail (admin), oldest first.
 #[utoipa::path(get, path = "/admin/audit", tag = "admin", params(AuditQuery),
     responses((status = 200, body = Page<AuditEntry>)), security(("bearer" = [])))]
@@ -319,34 +306,15 @@ async fn audit_trail(
         cursor: q.cursor,
     }
     .parse::<i64>()?;
-    let rows = sqlx::query(
-        "SELECT seq, id, at, actor, action, entity_type, entity_id, data, request_id FROM audit_log \
-         WHERE seq > $1 AND ($2 = '' OR entity_type = $2) AND ($3 = '' OR entity_id = $3) ORDER BY seq LIMIT $4",
+    let rows = mercato_kernel::outbox::audit_page(
+        &s.kernel.db,
+        q.entity_type.as_deref(),
+        q.entity_id.as_deref(),
+        page.after.unwrap_or(0),
+        page.limit,
     )
-    .bind(page.after.unwrap_or(0))
-    .bind(q.entity_type.unwrap_or_default())
-    .bind(q.entity_id.unwrap_or_default())
-    .bind(i64::from(page.limit) + 1)
-    .fetch_all(s.kernel.db.reader())
     .await?;
-    let mut out = Vec::with_capacity(rows.len());
-    for r in &rows {
-        let data: String = r.try_get("data")?;
-        out.push((
-            r.try_get::<i64, _>("seq")?,
-            AuditEntry {
-                id: r.try_get("id")?,
-                at: Timestamp::from_micros(r.try_get("at")?),
-                actor: r.try_get("actor")?,
-                action: r.try_get("action")?,
-                entity_type: r.try_get("entity_type")?,
-                entity_id: r.try_get("entity_id")?,
-                data: serde_json::from_str(&data).unwrap_or(serde_json::Value::Null),
-                request_id: r.try_get("request_id")?,
-            },
-        ));
-    }
     Ok(Json(
-        Page::from_rows(out, page.limit, |(seq, _)| *seq).map(|(_, e)| e),
+        Page::from_rows(rows, page.limit, |(seq, _)| *seq).map(|(_, e)| e),
     ))
 }

@@ -166,12 +166,7 @@ impl OrderService {
         tx: &mut Tx,
         checkout_id: &str,
     ) -> Result<Option<(String, String, OrderStatus)>, StoreError> {
-        let row: Option<(String, String, String)> =
-            sqlx::query_as("SELECT id, order_number, status FROM orders WHERE checkout_id = $1")
-                .bind(checkout_id)
-                .fetch_optional(&mut **tx)
-                .await?;
-        Ok(row.and_then(|(id, n, s)| OrderStatus::parse(&s).map(|st| (id, n, st))))
+        OrderStore::by_checkout_tx(tx, checkout_id).await
     }
 
     pub async fn set_payment_tx(
@@ -909,16 +904,7 @@ impl OrderService {
                 "group_by must be day, seller or sku",
             )));
         }
-        let rows: Vec<(String, String, i64, String, String, i64, i64)> = sqlx::query_as(
-            "SELECT o.id, o.currency, o.created_at, i.seller_id, i.sku, i.quantity, i.line_total \
-             FROM orders o JOIN order_items i ON i.order_id = o.id \
-             WHERE o.created_at >= $1 AND o.created_at < $2 AND o.status NOT IN ('pending', 'failed')",
-        )
-        .bind(from.as_micros())
-        .bind(to.as_micros())
-        .fetch_all(self.db().reader())
-        .await
-        .map_err(StoreError::from)?;
+        let rows = self.inner.store.sales_lines(from, to).await?;
         let currency = rows
             .first()
             .and_then(|r| mercato_kernel::Currency::parse(&r.1))

@@ -339,6 +339,38 @@ impl OrderStore {
         row.as_ref().map(order_of).transpose()
     }
 
+    /// `(id, order_number, status)` of the checkout's order, inside the caller's transaction.
+    pub async fn by_checkout_tx(
+        tx: &mut Tx,
+        checkout_id: &str,
+    ) -> StoreResult<Option<(String, String, OrderStatus)>> {
+        let row: Option<(String, String, String)> =
+            sqlx::query_as("SELECT id, order_number, status FROM orders WHERE checkout_id = $1")
+                .bind(checkout_id)
+                .fetch_optional(&mut **tx)
+                .await?;
+        Ok(row.and_then(|(id, n, s)| OrderStatus::parse(&s).map(|st| (id, n, st))))
+    }
+
+    /// `(order id, currency, created_at, seller, sku, quantity, line total)` of the lines of
+    /// orders created in [from, to) that were confirmed (not pending or failed).
+    #[allow(clippy::type_complexity)]
+    pub async fn sales_lines(
+        &self,
+        from: Timestamp,
+        to: Timestamp,
+    ) -> StoreResult<Vec<(String, String, i64, String, String, i64, i64)>> {
+        Ok(sqlx::query_as(
+            "SELECT o.id, o.currency, o.created_at, i.seller_id, i.sku, i.quantity, i.line_total \
+             FROM orders o JOIN order_items i ON i.order_id = o.id \
+             WHERE o.created_at >= $1 AND o.created_at < $2 AND o.status NOT IN ('pending', 'failed')",
+        )
+        .bind(from.as_micros())
+        .bind(to.as_micros())
+        .fetch_all(self.db.reader())
+        .await?)
+    }
+
     pub async fn order_tx(tx: &mut Tx, id: &str) -> StoreResult<Option<OrderRow>> {
         let row = sqlx::query(&format!("SELECT {ORDER_COLUMNS} FROM orders WHERE id = $1"))
             .bind(id)

@@ -480,6 +480,15 @@ impl PaymentService {
             .await?)
     }
 
+    /// Payment attempts the customer started in the last hour (fraud velocity signal).
+    pub async fn attempts_last_hour(&self, customer_id: &str) -> Result<i64, PaymentError> {
+        Ok(self
+            .inner
+            .store
+            .attempts_since(customer_id, self.now().plus_secs(-3600))
+            .await?)
+    }
+
     /// Captured payments no order references (reconciliation: never a capture without an
     /// order — such a payment is either turned into its order or refunded).
     pub async fn captured_without_order(

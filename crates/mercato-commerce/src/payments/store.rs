@@ -237,6 +237,17 @@ impl PaymentStore {
         .collect()
     }
 
+    /// Payment attempts a customer started since `since` (the fraud velocity signal).
+    pub async fn attempts_since(&self, customer_id: &str, since: Timestamp) -> StoreResult<i64> {
+        Ok(sqlx::query_scalar(
+            "SELECT COUNT(*) FROM payments WHERE customer_id = $1 AND created_at > $2",
+        )
+        .bind(customer_id)
+        .bind(since.as_micros())
+        .fetch_one(self.db.reader())
+        .await?)
+    }
+
     /// Captured payments that no order references, untouched since `before`.
     pub async fn captured_without_order(
         &self,

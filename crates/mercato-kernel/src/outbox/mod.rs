@@ -182,6 +182,61 @@ pub async fn audit(
     Ok(())
 }
 
+/// One entry of the audit trail.
+#[derive(Debug, Clone, Serialize, utoipa::ToSchema)]
+pub struct AuditEntry {
+    pub id: String,
+    pub at: Timestamp,
+    pub actor: String,
+    pub action: String,
+    pub entity_type: String,
+    pub entity_id: String,
+    #[schema(value_type = Object)]
+    pub data: Value,
+    pub request_id: Option<String>,
+}
+
+/// Audit entries in log order after `after_seq`, optionally for one entity type and id;
+/// `limit + 1` rows (for keyset pages), each with its position.
+pub async fn audit_page(
+    db: &crate::db::Db,
+    entity_type: Option<&str>,
+    entity_id: Option<&str>,
+    after_seq: i64,
+    limit: u32,
+) -> StoreResult<Vec<(i64, AuditEntry)>> {
+    use sqlx::Row as _;
+    let rows = sqlx::query(
+        "SELECT seq, id, at, actor, action, entity_type, entity_id, data, request_id FROM audit_log \
+         WHERE seq > $1 AND ($2 = '' OR entity_type = $2) AND ($3 = '' OR entity_id = $3) ORDER BY seq LIMIT $4",
+    )
+    .bind(after_seq)
+    .bind(entity_type.unwrap_or_default())
+    .bind(entity_id.unwrap_or_default())
+    .bind(i64::from(limit) + 1)
+    .fetch_all(db.reader())
+    .await?;
+    let g = |e: sqlx::Error| crate::db::StoreError::Other(e.into());
+    rows.iter()
+        .map(|r| {
+            let data: String = r.try_get("data").map_err(g)?;
+            Ok((
+                r.try_get::<i64, _>("seq").map_err(g)?,
+                AuditEntry {
+                    id: r.try_get("id").map_err(g)?,
+                    at: Timestamp::from_micros(r.try_get("at").map_err(g)?),
+                    actor: r.try_get("actor").map_err(g)?,
+                    action: r.try_get("action").map_err(g)?,
+                    entity_type: r.try_get("entity_type").map_err(g)?,
+                    entity_id: r.try_get("entity_id").map_err(g)?,
+                    data: serde_json::from_str(&data).unwrap_or(Value::Null),
+                    request_id: r.try_get("request_id").map_err(g)?,
+                },
+            ))
+        })
+        .collect()
+}
+
 pub(crate) async fn wait_for_events(timeout: std::time::Duration) {
     let _ = tokio::time::timeout(timeout, WAKE.notified()).await;
 }
