@@ -1032,7 +1032,6 @@ impl CheckoutService {
         }
         tx.commit().await?;
         metrics::counter!("checkouts_completed_total").increment(1);
-        metrics::counter!("orders_by_status_total", "status" => "confirmed").increment(1);
         Ok(PayResponse {
             status: StatusCode::CREATED,
             body,

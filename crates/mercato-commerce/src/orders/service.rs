@@ -534,7 +534,6 @@ impl OrderService {
             }
         }
         tx.commit().await.map_err(StoreError::from)?;
-        metrics::counter!("orders_by_status_total", "status" => "cancelled").increment(1);
         if let Some(r) = refund
             && let Err(e) = self.inner.payments.process_refund(&r).await
         {

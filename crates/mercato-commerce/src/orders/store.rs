@@ -180,6 +180,9 @@ impl OrderStore {
         reason: Option<&str>,
         now: Timestamp,
     ) -> StoreResult<()> {
+        // Every status an order reaches passes here (counted when written; a rolled-back
+        // transaction may over-count by one, which a monitoring counter tolerates).
+        metrics::counter!("orders_by_status_total", "status" => to.as_str()).increment(1);
         sqlx::query(
             "INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason) VALUES ($1,$2,$3,$4,$5,$6)",
         )
