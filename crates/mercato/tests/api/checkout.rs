@@ -110,7 +110,14 @@ async fn a_checkout_reserves_prices_and_pays_into_a_confirmed_order() {
     let reference = format!("{}:pay:1", chk.id());
     assert_eq!(app.gateway.captured_count(&reference), 1);
     // Business counters on /metrics.
-    let metrics = app.api.get("/metrics").await.body.as_str().unwrap_or_default().to_owned();
+    let metrics = app
+        .api
+        .get("/metrics")
+        .await
+        .body
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
     for needle in [
         "orders_by_status_total{status=\"confirmed\"}",
         "checkouts_completed_total",
