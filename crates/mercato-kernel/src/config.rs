@@ -83,6 +83,10 @@ settings! {
     database_url: Option<String> = None;
     /// Maximum database connections (PostgreSQL pool; SQLite readers are capped at 8).
     database_max_connections: u32 = 16;
+    /// SQLite: most write transactions sharing one durable commit (1 = commit each on its own).
+    group_commit_max_batch: usize = 64;
+    /// SQLite: a commit batch stops admitting transactions once open this long, milliseconds.
+    group_commit_max_delay_ms: u64 = 5;
     /// Redis URL for shared cache, rate limits and dedup (unset = in-process).
     redis_url: Option<String> = None;
     /// NATS URL for the event bus (unset = the embedded outbox log).

@@ -285,32 +285,36 @@ impl IdempotencyStore {
                 kept.insert(name.as_str().to_owned(), v.into());
             }
         }
-        sqlx::query(
-            "UPDATE idempotency_keys SET state = 'completed', status_code = $1, \
+        self.db
+            .execute_write(
+                sqlx::query(
+                    "UPDATE idempotency_keys SET state = 'completed', status_code = $1, \
              response_headers = $2, response_body = $3 \
              WHERE scope = $4 AND idem_key = $5 AND fingerprint = $6 AND state = 'in_flight'",
-        )
-        .bind(i64::from(status.as_u16()))
-        .bind(serde_json::Value::Object(kept).to_string())
-        .bind(body)
-        .bind(&claim.scope)
-        .bind(&claim.key)
-        .bind(&claim.fingerprint)
-        .execute(self.db.writer())
-        .await?;
+                )
+                .bind(i64::from(status.as_u16()))
+                .bind(serde_json::Value::Object(kept).to_string())
+                .bind(body)
+                .bind(&claim.scope)
+                .bind(&claim.key)
+                .bind(&claim.fingerprint),
+            )
+            .await?;
         Ok(())
     }
 
     async fn release(&self, claim: &IdempotencyClaim) -> StoreResult<()> {
-        sqlx::query(
-            "DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 \
+        self.db
+            .execute_write(
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE scope = $1 AND idem_key = $2 \
              AND fingerprint = $3 AND state = 'in_flight'",
-        )
-        .bind(&claim.scope)
-        .bind(&claim.key)
-        .bind(&claim.fingerprint)
-        .execute(self.db.writer())
-        .await?;
+                )
+                .bind(&claim.scope)
+                .bind(&claim.key)
+                .bind(&claim.fingerprint),
+            )
+            .await?;
         Ok(())
     }
 }
@@ -438,9 +442,10 @@ pub async fn middleware(store: Arc<IdempotencyStore>, req: Request, next: Next) 
 
 /// Deletes expired keys; returns how many.
 pub async fn cleanup(db: &Db, now: Timestamp) -> StoreResult<u64> {
-    let r = sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < $1")
-        .bind(now.as_micros())
-        .execute(db.writer())
+    let r = db
+        .execute_write(
+            sqlx::query("DELETE FROM idempotency_keys WHERE expires_at < $1").bind(now.as_micros()),
+        )
         .await?;
     Ok(r.rows_affected())
 }

@@ -88,6 +88,21 @@ impl Client {
         body: Option<&Value>,
         headers: &[(&str, &str)],
     ) -> TestResponse {
+        match self.try_send(method, path, body, headers).await {
+            Ok(r) => r,
+            Err(e) => panic!("request failed: {e}"),
+        }
+    }
+
+    /// Like [`Client::send`], but a transport failure (server gone, connection reset) is an
+    /// `Err` instead of a panic: for tests that kill the server mid-request.
+    pub async fn try_send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        headers: &[(&str, &str)],
+    ) -> Result<TestResponse, String> {
         let mut req = self.http.request(method, self.url(path));
         if let Some(t) = &self.token {
             req = req.bearer_auth(t);
@@ -98,7 +113,7 @@ impl Client {
         if let Some(b) = body {
             req = req.json(b);
         }
-        self.finish(req).await
+        self.try_finish(req).await
     }
 
     /// Sends raw bytes with a content type (garbage tests).
@@ -135,24 +150,28 @@ impl Client {
     }
 
     async fn finish(&self, req: reqwest::RequestBuilder) -> TestResponse {
-        let resp = match req.send().await {
+        match self.try_finish(req).await {
             Ok(r) => r,
             Err(e) => panic!("request failed: {e}"),
-        };
+        }
+    }
+
+    async fn try_finish(&self, req: reqwest::RequestBuilder) -> Result<TestResponse, String> {
+        let resp = req.send().await.map_err(|e| e.to_string())?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
-        let bytes = resp.bytes().await.unwrap_or_default();
+        let bytes = resp.bytes().await.map_err(|e| e.to_string())?;
         let body = if bytes.is_empty() {
             Value::Null
         } else {
             serde_json::from_slice(&bytes)
                 .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
         };
-        TestResponse {
+        Ok(TestResponse {
             status,
             headers,
             body,
-        }
+        })
     }
 
     pub async fn get(&self, path: &str) -> TestResponse {

@@ -7,6 +7,7 @@
 mod client;
 pub mod peers;
 mod postgres;
+pub mod process;
 
 pub use client::{Client, TestResponse, sample_address, sample_product};
 

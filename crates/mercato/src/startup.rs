@@ -51,6 +51,10 @@ pub async fn connect_database(settings: &Settings) -> anyhow::Result<Db> {
         &url,
         &DbOptions {
             max_connections: settings.database_max_connections,
+            group_commit: mercato_kernel::db::GroupCommitConfig {
+                max_batch: settings.group_commit_max_batch.max(1),
+                max_delay: Duration::from_millis(settings.group_commit_max_delay_ms),
+            },
             ..DbOptions::default()
         },
     )

@@ -323,13 +323,12 @@ impl CartStore {
 
     /// Marks active guest carts untouched past their expiry as expired; returns how many.
     pub async fn expire_guests(&self, now: Timestamp, batch: i64) -> StoreResult<u64> {
-        let r = sqlx::query(
+        let r = self.db.execute_write(sqlx::query(
             "UPDATE carts SET status = 'expired', updated_at = $1 WHERE id IN \
              (SELECT id FROM carts WHERE status = 'active' AND user_id IS NULL AND expires_at < $1 LIMIT $2)",
         )
         .bind(now.as_micros())
-        .bind(batch)
-        .execute(self.db.writer())
+        .bind(batch))
         .await?;
         Ok(r.rows_affected())
     }

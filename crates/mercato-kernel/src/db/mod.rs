@@ -8,10 +8,16 @@
 //! - PostgreSQL uses one pool for both; read-modify-write transactions lock their rows with
 //!   [`Db::for_update`], the only place where the SQL text differs between the engines.
 //! - State changes are single conditional statements wherever possible.
+//! - On SQLite, write transactions are grouped: the transactions that queue up while one
+//!   commit is being made durable share the next commit, each in its own savepoint
+//!   ([`group`], ADR 0005). Callers keep `begin → work → commit`; `commit()` returns once the
+//!   batch is durable.
 
 mod error;
+mod group;
 
 pub use error::{StoreError, StoreResult};
+pub use group::{DbStats, DbStatsSnapshot, GroupCommitConfig};
 
 use anyhow::Context as _;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -19,8 +25,132 @@ use sqlx::{Any, AnyPool, Executor};
 use std::path::Path;
 use std::time::Duration;
 
-pub type Tx = sqlx::Transaction<'static, Any>;
 pub type Row = AnyRow;
+
+/// A write transaction: `begin → work (`&mut *tx` as the executor) → commit`.
+///
+/// On PostgreSQL it is an ordinary transaction. On SQLite it is a savepoint inside the writer's
+/// current batch ([`group`]): `commit()` returns once the batch holding it is durable, and
+/// `rollback()` (or dropping it) undoes exactly its own work.
+pub struct Tx {
+    inner: TxInner,
+    /// PostgreSQL: counts commits (the group committer counts its own on SQLite).
+    stats: Option<std::sync::Arc<DbStats>>,
+}
+
+enum TxInner {
+    Plain(sqlx::Transaction<'static, Any>),
+    Grouped {
+        conn: Option<sqlx::pool::PoolConnection<Any>>,
+        back: Option<tokio::sync::oneshot::Sender<group::Handback>>,
+    },
+}
+
+impl Tx {
+    fn grouped(
+        conn: sqlx::pool::PoolConnection<Any>,
+        back: tokio::sync::oneshot::Sender<group::Handback>,
+    ) -> Tx {
+        Tx {
+            inner: TxInner::Grouped {
+                conn: Some(conn),
+                back: Some(back),
+            },
+            stats: None,
+        }
+    }
+
+    /// Makes the transaction's work durable (on SQLite: with the rest of its batch).
+    pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        match std::mem::replace(
+            &mut self.inner,
+            TxInner::Grouped {
+                conn: None,
+                back: None,
+            },
+        ) {
+            TxInner::Plain(tx) => {
+                tx.commit().await?;
+                if let Some(s) = &self.stats {
+                    s.committed(1);
+                }
+                Ok(())
+            }
+            TxInner::Grouped { conn, back } => {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                hand_back(conn, back, group::Action::Commit(done))?;
+                wait.await.unwrap_or_else(|_| Err(committer_gone()))
+            }
+        }
+    }
+
+    /// Undoes the transaction's work.
+    pub async fn rollback(mut self) -> Result<(), sqlx::Error> {
+        match std::mem::replace(
+            &mut self.inner,
+            TxInner::Grouped {
+                conn: None,
+                back: None,
+            },
+        ) {
+            TxInner::Plain(tx) => tx.rollback().await,
+            TxInner::Grouped { conn, back } => {
+                let (done, wait) = tokio::sync::oneshot::channel();
+                hand_back(conn, back, group::Action::Rollback(Some(done)))?;
+                wait.await.unwrap_or_else(|_| Err(committer_gone()))
+            }
+        }
+    }
+}
+
+fn committer_gone() -> sqlx::Error {
+    sqlx::Error::PoolClosed
+}
+
+fn hand_back(
+    conn: Option<sqlx::pool::PoolConnection<Any>>,
+    back: Option<tokio::sync::oneshot::Sender<group::Handback>>,
+    action: group::Action,
+) -> Result<(), sqlx::Error> {
+    match (conn, back) {
+        (Some(conn), Some(back)) => back
+            .send(group::Handback { conn, action })
+            .map_err(|_| committer_gone()),
+        _ => Err(committer_gone()),
+    }
+}
+
+impl Drop for Tx {
+    fn drop(&mut self) {
+        if let TxInner::Grouped { conn, back } = &mut self.inner {
+            // Neither committed nor rolled back: undo it (like sqlx's own transactions).
+            let _ = hand_back(conn.take(), back.take(), group::Action::Rollback(None));
+        }
+    }
+}
+
+impl std::ops::Deref for Tx {
+    type Target = sqlx::AnyConnection;
+    fn deref(&self) -> &sqlx::AnyConnection {
+        match &self.inner {
+            TxInner::Plain(tx) => tx,
+            TxInner::Grouped { conn, .. } => conn
+                .as_ref()
+                .expect("BUG: a grouped transaction is used after commit or rollback"),
+        }
+    }
+}
+
+impl std::ops::DerefMut for Tx {
+    fn deref_mut(&mut self) -> &mut sqlx::AnyConnection {
+        match &mut self.inner {
+            TxInner::Plain(tx) => tx,
+            TxInner::Grouped { conn, .. } => conn
+                .as_mut()
+                .expect("BUG: a grouped transaction is used after commit or rollback"),
+        }
+    }
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Backend {
@@ -42,6 +172,8 @@ impl Backend {
 pub struct DbOptions {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// SQLite only: how transactions share durable commits.
+    pub group_commit: GroupCommitConfig,
 }
 
 impl Default for DbOptions {
@@ -49,6 +181,7 @@ impl Default for DbOptions {
         DbOptions {
             max_connections: 16,
             acquire_timeout: Duration::from_secs(10),
+            group_commit: GroupCommitConfig::default(),
         }
     }
 }
@@ -59,6 +192,10 @@ pub struct Db {
     write: AnyPool,
     read: AnyPool,
     backend: Backend,
+    /// SQLite: the queue of the group committer that owns the writer.
+    committer: Option<tokio::sync::mpsc::UnboundedSender<group::BeginRequest>>,
+    acquire_timeout: Duration,
+    stats: std::sync::Arc<DbStats>,
 }
 
 static SQLITE_MIGRATIONS: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations/sqlite");
@@ -79,6 +216,9 @@ impl Db {
                 write: pool.clone(),
                 read: pool,
                 backend: Backend::Postgres,
+                committer: None,
+                acquire_timeout: opts.acquire_timeout,
+                stats: Default::default(),
             });
         }
         if !url.starts_with("sqlite:") {
@@ -123,10 +263,21 @@ impl Db {
             .connect(&url)
             .await
             .context("opening the SQLite read pool")?;
+        let (queue, requests) = tokio::sync::mpsc::unbounded_channel();
+        let stats = std::sync::Arc::new(DbStats::default());
+        tokio::spawn(group::run(
+            write.clone(),
+            requests,
+            opts.group_commit,
+            stats.clone(),
+        ));
         Ok(Db {
             write,
             read,
             backend: Backend::Sqlite,
+            committer: Some(queue),
+            acquire_timeout: opts.acquire_timeout,
+            stats,
         })
     }
 
@@ -139,9 +290,9 @@ impl Db {
         self.backend
     }
 
-    /// The pool for writes (on SQLite: the single writer connection).
-    pub fn writer(&self) -> &AnyPool {
-        &self.write
+    /// Counters of write transactions and durable commits (benchmarks, tests, metrics).
+    pub fn stats(&self) -> &DbStats {
+        &self.stats
     }
 
     /// The pool for reads that need no transaction.
@@ -151,12 +302,40 @@ impl Db {
 
     /// Starts a write transaction. On SQLite it is `BEGIN IMMEDIATE`: the write lock is taken
     /// up front, so a transaction that reads before it writes cannot hit "database is locked".
+    ///
+    /// On SQLite the transaction joins the group committer's current (or next) batch.
     pub async fn begin(&self) -> StoreResult<Tx> {
-        let tx = match self.backend {
-            Backend::Sqlite => self.write.begin_with("BEGIN IMMEDIATE").await?,
-            Backend::Postgres => self.write.begin().await?,
+        let Some(queue) = &self.committer else {
+            let tx = self.write.begin().await?;
+            self.stats.begun();
+            return Ok(Tx {
+                inner: TxInner::Plain(tx),
+                stats: Some(self.stats.clone()),
+            });
         };
-        Ok(tx)
+        let (reply, lease) = tokio::sync::oneshot::channel();
+        self.stats.queued();
+        queue
+            .send(group::BeginRequest { reply })
+            .map_err(|_| StoreError::Unavailable("the database is closed".into()))?;
+        match tokio::time::timeout(self.acquire_timeout, lease).await {
+            Ok(Ok(r)) => Ok(r?),
+            Ok(Err(_)) => Err(StoreError::Unavailable("the database is closed".into())),
+            Err(_) => Err(StoreError::Unavailable(
+                "timed out waiting for the writer".into(),
+            )),
+        }
+    }
+
+    /// Runs one write statement as its own transaction (on SQLite: in the current batch).
+    pub async fn execute_write<'q>(
+        &self,
+        query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
+    ) -> StoreResult<sqlx::any::AnyQueryResult> {
+        let mut tx = self.begin().await?;
+        let r = query.execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(r)
     }
 
     /// Appended to a `SELECT` that reads rows the transaction will then write:
@@ -204,10 +383,9 @@ impl Db {
         sqlx::query("SELECT 1").execute(&self.read).await?;
         if self.backend == Backend::Sqlite {
             // The writer can be wedged while readers answer; check it without waiting long.
-            let acquire = tokio::time::timeout(Duration::from_secs(2), self.write.acquire()).await;
-            match acquire {
-                Ok(Ok(_conn)) => {}
-                Ok(Err(e)) => return Err(e.into()),
+            match tokio::time::timeout(Duration::from_secs(2), self.begin()).await {
+                Ok(Ok(tx)) => tx.rollback().await?,
+                Ok(Err(e)) => return Err(e),
                 Err(_) => return Err(StoreError::Unavailable("writer busy".into())),
             }
         }

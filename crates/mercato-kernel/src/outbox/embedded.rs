@@ -165,18 +165,18 @@ impl EmbeddedBus {
             .map(|e| e.contains(consumer))
             .unwrap_or(false);
         if !known {
-            sqlx::query(
+            self.db.execute_write(sqlx::query(
                 "INSERT INTO consumer_offsets (consumer, position, owner, lease_until, updated_at) \
                  VALUES ($1, 0, NULL, 0, $2) ON CONFLICT (consumer) DO NOTHING",
             )
             .bind(consumer)
-            .bind(now.as_micros())
-            .execute(self.db.writer())
+            .bind(now.as_micros()))
             .await?;
             if let Ok(mut e) = self.ensured.lock() {
                 e.insert(consumer.to_owned());
             }
         }
+        let mut tx = self.db.begin().await?;
         let pos: Option<i64> = sqlx::query_scalar(
             "UPDATE consumer_offsets SET owner = $1, lease_until = $2 \
              WHERE consumer = $3 AND (owner = $1 OR owner IS NULL OR lease_until < $4) \
@@ -186,8 +186,9 @@ impl EmbeddedBus {
         .bind(until.as_micros())
         .bind(consumer)
         .bind(now.as_micros())
-        .fetch_optional(self.db.writer())
+        .fetch_optional(&mut *tx)
         .await?;
+        tx.commit().await?;
         if let Ok(mut l) = self.leases.lock() {
             match pos {
                 Some(p) => {
@@ -233,12 +234,15 @@ impl EmbeddedBus {
         if let Ok(mut l) = self.leases.lock() {
             l.clear();
         }
-        let r = sqlx::query(
-            "UPDATE consumer_offsets SET owner = NULL, lease_until = 0 WHERE owner = $1",
-        )
-        .bind(&self.node)
-        .execute(self.db.writer())
-        .await?;
+        let r = self
+            .db
+            .execute_write(
+                sqlx::query(
+                    "UPDATE consumer_offsets SET owner = NULL, lease_until = 0 WHERE owner = $1",
+                )
+                .bind(&self.node),
+            )
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -271,16 +275,19 @@ impl EmbeddedBus {
             last = pos;
         }
         lag_gauge(name, &self.db, last).await;
-        let moved = sqlx::query(
-            "UPDATE consumer_offsets SET position = $1, updated_at = $2 \
+        let moved = self
+            .db
+            .execute_write(
+                sqlx::query(
+                    "UPDATE consumer_offsets SET position = $1, updated_at = $2 \
              WHERE consumer = $3 AND owner = $4",
-        )
-        .bind(last)
-        .bind(self.clock.now().as_micros())
-        .bind(name)
-        .bind(&self.node)
-        .execute(self.db.writer())
-        .await?;
+                )
+                .bind(last)
+                .bind(self.clock.now().as_micros())
+                .bind(name)
+                .bind(&self.node),
+            )
+            .await?;
         self.remember_position(name, last, moved.rows_affected() == 1);
         Ok(rows.len())
     }
@@ -301,7 +308,7 @@ impl EmbeddedBus {
         ));
         let message: String = format!("{error:#}").chars().take(2000).collect();
         let status = if dead { "dead" } else { "retrying" };
-        sqlx::query(
+        self.db.execute_write(sqlx::query(
             "INSERT INTO event_retries (id, consumer, event_id, status, attempts, next_attempt_at, \
              last_error, created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$8) \
              ON CONFLICT (consumer, event_id) DO UPDATE SET status = $4, attempts = $5, \
@@ -314,8 +321,7 @@ impl EmbeddedBus {
         .bind(i64::from(attempts))
         .bind(next.as_micros())
         .bind(&message)
-        .bind(now.as_micros())
-        .execute(self.db.writer())
+        .bind(now.as_micros()))
         .await?;
         if dead {
             metrics::counter!("bus_dead_letters_total", "consumer" => consumer.to_owned())
@@ -349,10 +355,14 @@ impl EmbeddedBus {
             let event = event_of(row)?;
             match self.call(handler, &event).await {
                 Ok(()) => {
-                    sqlx::query("DELETE FROM event_retries WHERE consumer = $1 AND event_id = $2")
-                        .bind(name)
-                        .bind(&event.id)
-                        .execute(self.db.writer())
+                    self.db
+                        .execute_write(
+                            sqlx::query(
+                                "DELETE FROM event_retries WHERE consumer = $1 AND event_id = $2",
+                            )
+                            .bind(name)
+                            .bind(&event.id),
+                        )
                         .await?;
                     tracing::info!(consumer = name, event_id = %event.id, attempts = attempts + 1, "event delivered after retry");
                 }

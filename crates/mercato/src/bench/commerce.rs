@@ -473,14 +473,14 @@ pub async fn db_commit(args: &BenchArgs) -> anyhow::Result<Report> {
     let t = target(args).await?;
     let state = t.state.as_ref().context("db-commit runs in-process only")?;
     let db = state.kernel.db.clone();
-    sqlx::query(
+    db.execute_write(sqlx::query(
         "CREATE TABLE IF NOT EXISTS bench_counter (id BIGINT PRIMARY KEY, n BIGINT NOT NULL)",
-    )
-    .execute(db.writer())
+    ))
     .await?;
-    sqlx::query("INSERT INTO bench_counter (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING")
-        .execute(db.writer())
-        .await?;
+    db.execute_write(sqlx::query(
+        "INSERT INTO bench_counter (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
+    ))
+    .await?;
     let rec = Arc::new(Recorder::new());
     let r = rec.clone();
     let wall = closed_loop(args.concurrency, args.duration, move |_, _| {

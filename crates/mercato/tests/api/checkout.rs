@@ -402,9 +402,12 @@ async fn a_capture_found_for_a_checkout_that_cannot_become_an_order_is_refunded(
     assert_eq!(c.pay(&chk.id(), "tok_visa", "x1").await.status, 500);
     app.state.kernel.failpoints.disable("checkout.after_charge");
     // Meanwhile the checkout was ended by another path.
-    sqlx::query("UPDATE checkouts SET status = 'failed' WHERE id = $1")
-        .bind(chk.id())
-        .execute(app.state.kernel.db.writer())
+    app.state
+        .kernel
+        .db
+        .execute_write(
+            sqlx::query("UPDATE checkouts SET status = 'failed' WHERE id = $1").bind(chk.id()),
+        )
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     app.clock.advance(Duration::from_secs(31));
@@ -653,10 +656,9 @@ async fn reconciliation_turns_a_capture_without_an_order_into_its_order() {
         .into_iter()
         .next()
         .unwrap_or_else(|| panic!("no charge"));
-    sqlx::query("UPDATE payments SET status = 'captured', captured = amount, gateway_ref = $1 WHERE checkout_id = $2")
+    app.state.kernel.db.execute_write(sqlx::query("UPDATE payments SET status = 'captured', captured = amount, gateway_ref = $1 WHERE checkout_id = $2")
         .bind(&charge.id)
-        .bind(chk.id())
-        .execute(app.state.kernel.db.writer())
+        .bind(chk.id()))
         .await
         .unwrap_or_else(|e| panic!("{e}"));
     app.clock.advance(Duration::from_secs(31));

@@ -165,7 +165,7 @@ async fn a_key_claimed_by_another_process_is_in_use_until_its_lease_ends() {
     h.update(b"POST\n/api/v1/me/addresses\n");
     h.update(&body);
     let fingerprint = mercato_kernel::id::hex(&h.finalize());
-    sqlx::query(
+    app.state.kernel.db.execute_write(sqlx::query(
         "INSERT INTO idempotency_keys (scope, idem_key, fingerprint, state, locked_until, created_at, expires_at) \
          VALUES ($1, 'elsewhere', $2, 'in_flight', $3, $4, $5)",
     )
@@ -173,8 +173,7 @@ async fn a_key_claimed_by_another_process_is_in_use_until_its_lease_ends() {
     .bind(&fingerprint)
     .bind(now.plus_secs(30).as_micros())
     .bind(now.as_micros())
-    .bind(now.plus_secs(86_400).as_micros())
-    .execute(app.state.kernel.db.writer())
+    .bind(now.plus_secs(86_400).as_micros()))
     .await
     .unwrap_or_else(|e| panic!("{e}"));
     let r = customer

@@ -6,6 +6,7 @@ mod catalog;
 mod checkout;
 mod cli;
 mod commerce_notifications;
+mod crash;
 mod docs;
 mod garbage;
 mod gateway;

@@ -1,0 +1,176 @@
+//! Durability under `kill -9`: the real binary as a child process, killed while purchases are
+//! in flight, then started again on the same database (SQLite file, or PostgreSQL when
+//! `MERCATO_TEST_POSTGRES_URL` is set). A 2xx is only ever sent after the commit that covers it
+//! is durable (ADR 0005), so every acknowledged purchase must be there after the restart.
+
+use mercato_testkit::process::{ProcessData, ServerProcess, create_user};
+use mercato_testkit::{Client, sample_address, sample_product};
+use serde_json::json;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const PASSWORD: &str = "correct horse battery";
+
+fn bin() -> &'static Path {
+    Path::new(env!("CARGO_BIN_EXE_mercato"))
+}
+
+async fn sign_in(api: &Client, email: &str) -> Client {
+    let r = api.login(email, PASSWORD).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    api.with_token(r.body["access_token"].as_str().unwrap_or_default())
+}
+
+/// An admin, a catalog of `skus` SKUs with ample stock, and `customers` signed-in customers.
+pub async fn shop(
+    api: &Client,
+    skus: usize,
+    customers: usize,
+) -> (Client, Vec<String>, Vec<Client>) {
+    let admin = sign_in(api, "admin@crash.test").await;
+    let cat = admin.create_category("Crash", "crash", None).await;
+    assert_eq!(cat.status, 201, "{}", cat.body);
+    let wh = admin.create_warehouse("crash-gb", "GB").await;
+    assert_eq!(wh.status, 201, "{}", wh.body);
+    let mut list = Vec::new();
+    for i in 0..skus {
+        let sku = format!("CRASH-{i}");
+        let p = admin
+            .create_product(sample_product(
+                &cat.id(),
+                &format!("Crash {i}"),
+                "K",
+                &[(&sku, 1500)],
+            ))
+            .await;
+        assert_eq!(p.status, 201, "{}", p.body);
+        let s = admin.set_stock(&sku, &wh.id(), 100_000).await;
+        assert_eq!(s.status, 200, "{}", s.body);
+        list.push(sku);
+    }
+    let mut people = Vec::new();
+    for _ in 0..customers {
+        let email = crate::unique_email("crash");
+        let r = api.register(&email, PASSWORD).await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        people.push(api.with_token(r.body["access_token"].as_str().unwrap_or_default()));
+    }
+    (admin, list, people)
+}
+
+/// One purchase: cart, add, checkout, pay. `Ok(Some(order_id))` when the pay answered 201.
+async fn purchase(c: &Client, sku: &str, key: &str) -> Result<Option<String>, String> {
+    let cart = c
+        .try_send(reqwest::Method::POST, "/carts", None, &[])
+        .await?;
+    if cart.status != 201 {
+        return Ok(None);
+    }
+    let add = c
+        .try_send(
+            reqwest::Method::POST,
+            &format!("/carts/{}/items", cart.id()),
+            Some(&json!({"sku": sku, "quantity": 1})),
+            &[],
+        )
+        .await?;
+    if add.status != 200 {
+        return Ok(None);
+    }
+    let chk = c
+        .try_send(
+            reqwest::Method::POST,
+            "/checkouts",
+            Some(&json!({"cart_id": cart.id(), "shipping_address": sample_address()})),
+            &[],
+        )
+        .await?;
+    if chk.status != 201 {
+        return Ok(None);
+    }
+    let pay = c
+        .try_send(
+            reqwest::Method::POST,
+            &format!("/checkouts/{}/pay", chk.id()),
+            Some(&json!({"payment_method": "card", "payment_token": "tok_visa"})),
+            &[("idempotency-key", key)],
+        )
+        .await?;
+    Ok((pay.status == 201).then(|| pay.body["order_id"].as_str().unwrap_or_default().to_owned()))
+}
+
+#[tokio::test]
+async fn every_purchase_acknowledged_before_a_kill_9_is_there_after_the_restart() {
+    let data = ProcessData::new().await.unwrap_or_else(|e| panic!("{e:#}"));
+    create_user(bin(), &data, "admin@crash.test", PASSWORD, "admin")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let server = ServerProcess::start(bin(), &data, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, skus, customers) = shop(&server.api, 4, 16).await;
+
+    let acked = Arc::new(Mutex::new(Vec::<String>::new()));
+    let count = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut tasks = Vec::new();
+    for (w, c) in customers.into_iter().enumerate() {
+        let (acked, count, stop, sku) = (
+            acked.clone(),
+            count.clone(),
+            stop.clone(),
+            skus[w % skus.len()].clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::SeqCst) {
+                i += 1;
+                match purchase(&c, &sku, &format!("crash-{w}-{i}")).await {
+                    Ok(Some(order)) => {
+                        if let Ok(mut a) = acked.lock() {
+                            a.push(order);
+                        }
+                        count.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Ok(None) => {}
+                    // The server is gone.
+                    Err(_) => break,
+                }
+            }
+        }));
+    }
+    // Kill as soon as enough purchases were acknowledged: the newest acknowledgements are
+    // microseconds old, and other purchases are in flight.
+    for _ in 0..6000 {
+        if count.load(Ordering::SeqCst) >= 48 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    server.kill9();
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        let _ = t.await;
+    }
+    let acked: Vec<String> = acked.lock().map(|a| a.clone()).unwrap_or_default();
+    assert!(
+        acked.len() >= 48,
+        "only {} purchases before the kill",
+        acked.len()
+    );
+
+    let server = ServerProcess::start(bin(), &data, &[]).unwrap_or_else(|e| panic!("{e:#}"));
+    let admin = sign_in(&server.api, "admin@crash.test").await;
+    let mut missing = Vec::new();
+    for id in &acked {
+        let o = admin.order(id).await;
+        if o.status != 200 || o.body["status"] != "confirmed" {
+            missing.push((id.clone(), o.status, o.body["status"].clone()));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "{} of {} acknowledged orders lost or changed after kill -9: {missing:?}",
+        missing.len(),
+        acked.len()
+    );
+}
