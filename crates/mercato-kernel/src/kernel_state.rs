@@ -14,6 +14,8 @@ pub struct Kernel {
     pub clock: SharedClock,
     pub bus: Arc<dyn EventBus>,
     pub rate_limiter: Arc<dyn RateLimiter>,
+    /// Sheds reservations of sold-out hot SKUs (see [`crate::gate`]).
+    pub stock_gate: Arc<dyn crate::gate::StockGate>,
     pub failpoints: Failpoints,
 }
 

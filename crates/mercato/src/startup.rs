@@ -101,6 +101,7 @@ async fn build_state_with_gateway(
         clock: clock.clone(),
         bus: bus.clone(),
         rate_limiter: Arc::new(MemoryRateLimiter::new(clock)),
+        stock_gate: Arc::new(mercato_kernel::gate::MemoryStockGate::default()),
         failpoints: mercato_kernel::Failpoints::default(),
     };
     let gw = crate::gateway::start_gateway(&kernel.settings).await?;

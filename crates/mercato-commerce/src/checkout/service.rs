@@ -308,6 +308,17 @@ impl CheckoutService {
         if lines.is_empty() {
             return Err(api(ApiError::new(Code::CartEmpty)));
         }
+        // A flash crowd for sold-out stock is answered here, from memory (the hot-SKU gate);
+        // otherwise the reservation below decides.
+        let gate = &self.inner.kernel.stock_gate;
+        if let Some((sku, requested)) = lines.iter().find(|(s, _)| gate.sold_out(s)) {
+            metrics::counter!("checkout_insufficient_stock_total").increment(1);
+            return Err(api(ApiError::new(Code::InsufficientStock)
+                .detail(format!("{sku} is sold out"))
+                .with("sku", sku.clone())
+                .with("requested", *requested)
+                .with("available", 0)));
+        }
         let skus: Vec<String> = lines.iter().map(|(s, _)| s.clone()).collect();
         let infos = self.inner.catalog.skus(&skus).await.map_err(api)?;
         let mut priced = Vec::with_capacity(lines.len());
@@ -401,6 +412,7 @@ impl CheckoutService {
             {
                 InventoryService::release_tx(
                     &mut tx,
+                    &*self.inner.kernel.stock_gate,
                     &old,
                     false,
                     "superseded by a new checkout",
@@ -429,6 +441,9 @@ impl CheckoutService {
                 available,
             }) => {
                 tx.rollback().await?;
+                if available <= 0 {
+                    self.inner.kernel.stock_gate.shortfall(&sku);
+                }
                 metrics::counter!("checkout_insufficient_stock_total").increment(1);
                 return Err(api(ApiError::new(Code::InsufficientStock)
                     .detail(format!("only {available} of {sku} available"))
@@ -643,20 +658,27 @@ impl CheckoutService {
             updated_at: now,
         };
         CheckoutStore::insert_saga_tx(&mut tx, &saga).await?;
-        CheckoutStore::step_tx(
-            &mut tx,
-            &saga.id,
-            "reserve",
-            "succeeded",
-            Some("at checkout creation"),
-            now,
-        )
-        .await?;
         if let Decision::Block(why) = &decision {
-            CheckoutStore::step_tx(&mut tx, &saga.id, "fraud_check", "failed", Some(why), now)
-                .await?;
-            InventoryService::release_tx(&mut tx, &c.id, false, "fraud blocked", "system", now)
-                .await?;
+            CheckoutStore::steps_tx(
+                &mut tx,
+                &saga.id,
+                &[
+                    ("reserve", "succeeded", Some("at checkout creation")),
+                    ("fraud_check", "failed", Some(why)),
+                ],
+                now,
+            )
+            .await?;
+            InventoryService::release_tx(
+                &mut tx,
+                &*self.inner.kernel.stock_gate,
+                &c.id,
+                false,
+                "fraud blocked",
+                "system",
+                now,
+            )
+            .await?;
             CheckoutStore::step_tx(&mut tx, &saga.id, "release_stock", "compensated", None, now)
                 .await?;
             CheckoutStore::set_status_tx(
@@ -697,15 +719,6 @@ impl CheckoutService {
             Decision::Review(why) => Some(why.clone()),
             _ => None,
         };
-        CheckoutStore::step_tx(
-            &mut tx,
-            &saga.id,
-            "fraud_check",
-            "succeeded",
-            review.as_deref(),
-            now,
-        )
-        .await?;
         let payment = self
             .inner
             .payments
@@ -723,12 +736,14 @@ impl CheckoutService {
         )
         .await?;
         InventoryService::extend_tx(&mut tx, &c.id, now.plus_secs(PAYMENT_HOLD_SECS), now).await?;
-        CheckoutStore::step_tx(
+        CheckoutStore::steps_tx(
             &mut tx,
             &saga.id,
-            "charge",
-            "started",
-            Some(&payment.idempotency_key),
+            &[
+                ("reserve", "succeeded", Some("at checkout creation")),
+                ("fraud_check", "succeeded", review.as_deref()),
+                ("charge", "started", Some(&payment.idempotency_key)),
+            ],
             now,
         )
         .await?;
@@ -958,15 +973,6 @@ impl CheckoutService {
                 (row.id, row.order_number)
             }
         };
-        CheckoutStore::step_tx(
-            &mut tx,
-            saga_id,
-            "charge",
-            "succeeded",
-            Some(charge_id),
-            now,
-        )
-        .await?;
         PaymentService::record_capture_tx(
             &mut tx,
             &payment_now,
@@ -979,19 +985,8 @@ impl CheckoutService {
         // Also when the capture was recorded earlier (reconciliation of a capture without an
         // order): the payment must point at its order.
         crate::payments::store::PaymentStore::set_order_tx(&mut tx, &payment.id, &order_id).await?;
-        CheckoutStore::step_tx(
-            &mut tx,
-            saga_id,
-            "create_order",
-            "succeeded",
-            Some(&order_id),
-            now,
-        )
-        .await?;
         InventoryService::commit_tx(&mut tx, &c.id, &order_id, "system", now).await?;
-        CheckoutStore::step_tx(&mut tx, saga_id, "commit_stock", "succeeded", None, now).await?;
         CartStore::mark_converted(&mut tx, &c.cart_id, now).await?;
-        CheckoutStore::step_tx(&mut tx, saga_id, "convert_cart", "succeeded", None, now).await?;
         CheckoutStore::set_status_tx(
             &mut tx,
             &c.id,
@@ -1017,7 +1012,19 @@ impl CheckoutService {
             )
             .await?;
         }
-        CheckoutStore::step_tx(&mut tx, saga_id, "emit_events", "succeeded", None, now).await?;
+        CheckoutStore::steps_tx(
+            &mut tx,
+            saga_id,
+            &[
+                ("charge", "succeeded", Some(charge_id)),
+                ("create_order", "succeeded", Some(&order_id)),
+                ("commit_stock", "succeeded", None),
+                ("convert_cart", "succeeded", None),
+                ("emit_events", "succeeded", None),
+            ],
+            now,
+        )
+        .await?;
         CheckoutStore::set_saga_tx(&mut tx, saga_id, "completed", Some(&order_id), None, now)
             .await?;
         let body = Self::result_body(
@@ -1096,8 +1103,16 @@ impl CheckoutService {
             .ok_or(CheckoutError::NotFound)?;
         PaymentService::record_decline_tx(&mut tx, &payment_now, code, charge_id, now).await?;
         CheckoutStore::step_tx(&mut tx, saga_id, "charge", "failed", Some(code), now).await?;
-        InventoryService::release_tx(&mut tx, &c.id, false, "payment declined", "system", now)
-            .await?;
+        InventoryService::release_tx(
+            &mut tx,
+            &*self.inner.kernel.stock_gate,
+            &c.id,
+            false,
+            "payment declined",
+            "system",
+            now,
+        )
+        .await?;
         CheckoutStore::step_tx(&mut tx, saga_id, "release_stock", "compensated", None, now).await?;
         if let Some((oid, _, OrderStatus::Pending)) =
             OrderService::by_checkout_tx(&mut tx, &c.id).await?
@@ -1320,7 +1335,16 @@ impl CheckoutService {
             tx.rollback().await?;
             return Ok(false);
         }
-        InventoryService::release_tx(&mut tx, id, true, "checkout expired", "system", now).await?;
+        InventoryService::release_tx(
+            &mut tx,
+            &*self.inner.kernel.stock_gate,
+            id,
+            true,
+            "checkout expired",
+            "system",
+            now,
+        )
+        .await?;
         outbox::append(
             &mut tx,
             now,
@@ -1442,6 +1466,7 @@ impl CheckoutService {
                     let mut tx = self.db().begin().await?;
                     let n = InventoryService::release_tx(
                         &mut tx,
+                        &*self.inner.kernel.stock_gate,
                         &id,
                         false,
                         "no live checkout",

@@ -286,6 +286,33 @@ impl CheckoutStore {
         Ok(())
     }
 
+    /// Logs several steps in one statement (in the order given).
+    pub async fn steps_tx(
+        tx: &mut Tx,
+        saga_id: &str,
+        steps: &[(&str, &str, Option<&str>)],
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        if steps.is_empty() {
+            return Ok(());
+        }
+        let mut sql =
+            String::from("INSERT INTO saga_steps (saga_id, step, state, at, detail) VALUES ");
+        for i in 0..steps.len() {
+            let b = i * 3 + 3;
+            if i > 0 {
+                sql.push(',');
+            }
+            sql.push_str(&format!("($1,${b},${},$2,${})", b + 1, b + 2));
+        }
+        let mut q = sqlx::query(&sql).bind(saga_id).bind(now.as_micros());
+        for (step, state, detail) in steps {
+            q = q.bind(*step).bind(*state).bind(*detail);
+        }
+        q.execute(&mut **tx).await?;
+        Ok(())
+    }
+
     /// Sets the saga's status (and order, error), and its current step to the last one logged
     /// — one statement, run once at the end of each transaction that logs steps.
     pub async fn set_saga_tx(

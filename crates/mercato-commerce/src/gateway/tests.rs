@@ -694,6 +694,13 @@ async fn webhooks_signed_with_another_secret_are_refused_and_redelivered() {
     while !got.lock().expect("lock").iter().any(Result::is_ok) && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The simulator records an attempt once the answer is back, which can be just after the
+    // receiver saw the request.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !sim.webhook_attempts().last().is_some_and(|a| a.delivered()) && Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let attempts = sim.webhook_attempts();
     assert!(attempts.iter().any(|a| a.status == Some(400)));
     assert!(attempts.last().is_some_and(|a| a.delivered()));

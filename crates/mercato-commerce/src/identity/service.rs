@@ -15,7 +15,7 @@ use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The prefix of every API key secret (lets scanners and our authenticator recognise them).
 pub const API_KEY_PREFIX: &str = "mercato_sk_";
@@ -121,7 +121,14 @@ struct Inner {
     tokens: TokenSigner,
     hasher: PasswordHasher,
     login_hook: RwLock<Option<Arc<dyn LoginHook>>>,
+    /// Role and status per user as last read: user id → (role, status, read at).
+    principals: std::sync::Mutex<std::collections::HashMap<String, (String, String, Instant)>>,
 }
+
+/// How long a user's role and status are trusted from memory. A change made through this
+/// process applies at once (the entry is dropped); one made by another node within this time.
+const PRINCIPAL_TTL: Duration = Duration::from_secs(1);
+const PRINCIPALS_MAX: usize = 50_000;
 
 fn sha256_hex(s: &str) -> String {
     mercato_kernel::id::hex(&Sha256::digest(s.as_bytes()))
@@ -139,6 +146,7 @@ impl IdentityService {
                 tokens,
                 hasher,
                 login_hook: RwLock::new(None),
+                principals: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
     }
@@ -338,11 +346,46 @@ impl IdentityService {
                 "you cannot suspend your own account".into(),
             ));
         }
-        Ok(self
+        let user = self
             .inner
             .store
             .set_status(user_id, status, &actor.subject, self.now())
-            .await?)
+            .await?;
+        self.forget_principal(user_id);
+        Ok(user)
+    }
+
+    /// Drops the cached role and status of `user_id` (after a change).
+    fn forget_principal(&self, user_id: &str) {
+        if let Ok(mut m) = self.inner.principals.lock() {
+            m.remove(user_id);
+        }
+    }
+
+    /// Role and status of a user: from memory when read less than [`PRINCIPAL_TTL`] ago.
+    async fn role_and_status(
+        &self,
+        user_id: &str,
+    ) -> mercato_kernel::db::StoreResult<Option<(String, String)>> {
+        let now = Instant::now();
+        if let Some((role, status, at)) = self
+            .inner
+            .principals
+            .lock()
+            .ok()
+            .and_then(|m| m.get(user_id).cloned())
+            && now.duration_since(at) < PRINCIPAL_TTL
+        {
+            return Ok(Some((role, status)));
+        }
+        let found = self.inner.store.role_and_status(user_id).await?;
+        if let (Some((role, status)), Ok(mut m)) = (&found, self.inner.principals.lock()) {
+            if m.len() >= PRINCIPALS_MAX {
+                m.retain(|_, e| now.duration_since(e.2) < PRINCIPAL_TTL);
+            }
+            m.insert(user_id.to_owned(), (role.clone(), status.clone(), now));
+        }
+        Ok(found)
     }
 
     pub async fn addresses(&self, user_id: &str) -> Result<Vec<Address>, IdentityError> {
@@ -479,9 +522,9 @@ impl Authenticator for IdentityService {
         if !mercato_kernel::id::is_valid("usr", &claims.sub) {
             return Err(ApiError::new(Code::InvalidToken));
         }
-        // Role and status come from the database on every request, so suspensions and role
-        // changes take effect at once rather than when the token expires.
-        let Some((role, status)) = self.inner.store.role_and_status(&claims.sub).await? else {
+        // Role and status come from the database (at most a second old), so suspensions and
+        // role changes take effect at once rather than when the token expires.
+        let Some((role, status)) = self.role_and_status(&claims.sub).await? else {
             return Err(ApiError::new(Code::InvalidToken).detail("the account no longer exists"));
         };
         if status != UserStatus::Active.as_str() {

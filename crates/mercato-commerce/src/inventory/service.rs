@@ -11,6 +11,7 @@ use crate::seams::StockLevels;
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::db::{StoreError, Tx};
 use mercato_kernel::error::{ApiError, Code, Validator};
+use mercato_kernel::gate::StockGate;
 use mercato_kernel::jobs::Outcome;
 use mercato_kernel::{Kernel, Timestamp};
 use std::collections::HashMap;
@@ -199,6 +200,7 @@ impl InventoryService {
             .set_on_hand(&sku, warehouse_id, on_hand, &actor.subject, self.now())
             .await?
             .map_err(Self::refusal)?;
+        self.inner.kernel.stock_gate.reopen(&sku);
         self.level(&sku).await
     }
 
@@ -232,6 +234,7 @@ impl InventoryService {
         }
         v.finish().map_err(InventoryError::Invalid)?;
         let sku = self.managed_sku(actor, sku).await?;
+        self.inner.kernel.stock_gate.reopen(&sku);
         self.inner
             .store
             .adjust(
@@ -343,15 +346,23 @@ impl InventoryService {
             .await
     }
 
+    /// Releases the checkout's reservations in the caller's transaction and reopens their SKUs
+    /// at the hot-SKU gate (early reopening is harmless: the gate only sheds).
     pub async fn release_tx(
         tx: &mut Tx,
+        gate: &dyn StockGate,
         checkout_id: &str,
         expired: bool,
         reason: &str,
         actor: &str,
         now: Timestamp,
     ) -> Result<Vec<Reservation>, StoreError> {
-        InventoryStore::release_tx(tx, checkout_id, expired, reason, actor, now).await
+        let released =
+            InventoryStore::release_tx(tx, checkout_id, expired, reason, actor, now).await?;
+        for r in &released {
+            gate.reopen(&r.sku);
+        }
+        Ok(released)
     }
 
     pub async fn commit_tx(
@@ -364,8 +375,10 @@ impl InventoryService {
         InventoryStore::commit_tx(tx, checkout_id, reference, actor, now).await
     }
 
+    #[allow(clippy::too_many_arguments)]
     pub async fn restock_tx(
         tx: &mut Tx,
+        gate: &dyn StockGate,
         checkout_id: &str,
         quantities: &HashMap<String, i64>,
         reason: &str,
@@ -373,7 +386,12 @@ impl InventoryService {
         actor: &str,
         now: Timestamp,
     ) -> Result<(), StoreError> {
-        InventoryStore::restock_tx(tx, checkout_id, quantities, reason, reference, actor, now).await
+        InventoryStore::restock_tx(tx, checkout_id, quantities, reason, reference, actor, now)
+            .await?;
+        for sku in quantities.keys() {
+            gate.reopen(sku);
+        }
+        Ok(())
     }
 
     pub async fn extend_tx(
@@ -392,8 +410,9 @@ impl InventoryService {
         let due = self.inner.store.due_checkouts(now, 100).await?;
         for checkout_id in &due {
             let mut tx = self.inner.store.db().begin().await?;
-            InventoryStore::release_tx(
+            Self::release_tx(
                 &mut tx,
+                &*self.inner.kernel.stock_gate,
                 checkout_id,
                 true,
                 "reservation expired",
@@ -414,6 +433,16 @@ impl InventoryService {
 #[async_trait::async_trait]
 impl StockLevels for InventoryService {
     async fn available(&self, skus: &[String]) -> anyhow::Result<HashMap<String, i64>> {
-        Ok(self.inner.store.available(skus).await?)
+        // Sold-out hot SKUs are answered from the gate, without a database read.
+        let gate = &self.inner.kernel.stock_gate;
+        let (closed, open): (Vec<String>, Vec<String>) =
+            skus.iter().cloned().partition(|s| gate.sold_out(s));
+        let mut out = if open.is_empty() {
+            HashMap::new()
+        } else {
+            self.inner.store.available(&open).await?
+        };
+        out.extend(closed.into_iter().map(|s| (s, 0)));
+        Ok(out)
     }
 }

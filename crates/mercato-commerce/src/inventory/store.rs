@@ -165,26 +165,28 @@ impl InventoryStore {
         Ok(out)
     }
 
+    /// Appends a movement (written at commit with the transaction's other movements).
     pub async fn movement_tx(tx: &mut Tx, m: MovementEntry<'_>, now: Timestamp) -> StoreResult<()> {
-        sqlx::query(
+        use mercato_kernel::db::Cell;
+        let opt = |v: Option<&str>| Cell::OptText(v.map(str::to_owned));
+        tx.append_row(
             "INSERT INTO stock_movements (id, sku, warehouse_id, kind, delta_on_hand, delta_reserved, \
-             on_hand_after, reserved_after, reason, reference, actor, at) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)",
-        )
-        .bind(mercato_kernel::id::new_id("mov"))
-        .bind(m.sku)
-        .bind(m.warehouse_id)
-        .bind(m.kind)
-        .bind(m.delta_on_hand)
-        .bind(m.delta_reserved)
-        .bind(m.after.on_hand)
-        .bind(m.after.reserved)
-        .bind(m.reason)
-        .bind(m.reference)
-        .bind(m.actor)
-        .bind(now.as_micros())
-        .execute(&mut **tx)
-        .await?;
+             on_hand_after, reserved_after, reason, reference, actor, at)",
+            vec![
+                Cell::Text(mercato_kernel::id::new_id("mov")),
+                Cell::Text(m.sku.to_owned()),
+                Cell::Text(m.warehouse_id.to_owned()),
+                Cell::Text(m.kind.to_owned()),
+                Cell::Int(m.delta_on_hand),
+                Cell::Int(m.delta_reserved),
+                Cell::Int(m.after.on_hand),
+                Cell::Int(m.after.reserved),
+                opt(m.reason),
+                opt(m.reference),
+                Cell::Text(m.actor.to_owned()),
+                Cell::Int(now.as_micros()),
+            ],
+        );
         Ok(())
     }
 

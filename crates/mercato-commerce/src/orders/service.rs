@@ -487,6 +487,7 @@ impl OrderService {
             OrderStatus::Pending => {
                 InventoryService::release_tx(
                     &mut tx,
+                    &*self.inner.kernel.stock_gate,
                     &o.checkout_id,
                     false,
                     "order cancelled",
@@ -503,6 +504,7 @@ impl OrderService {
                     .collect();
                 InventoryService::restock_tx(
                     &mut tx,
+                    &*self.inner.kernel.stock_gate,
                     &o.checkout_id,
                     &quantities,
                     "cancel",
@@ -755,6 +757,7 @@ impl OrderService {
         }
         InventoryService::restock_tx(
             &mut tx,
+            &*self.inner.kernel.stock_gate,
             &o.checkout_id,
             &quantities,
             "return",

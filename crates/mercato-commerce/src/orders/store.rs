@@ -183,17 +183,18 @@ impl OrderStore {
         // Every status an order reaches passes here (counted when written; a rolled-back
         // transaction may over-count by one, which a monitoring counter tolerates).
         metrics::counter!("orders_by_status_total", "status" => to.as_str()).increment(1);
-        sqlx::query(
-            "INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason) VALUES ($1,$2,$3,$4,$5,$6)",
-        )
-        .bind(order_id)
-        .bind(from.map(|f| f.as_str()))
-        .bind(to.as_str())
-        .bind(now.as_micros())
-        .bind(actor)
-        .bind(reason)
-        .execute(&mut **tx)
-        .await?;
+        use mercato_kernel::db::Cell;
+        tx.append_row(
+            "INSERT INTO order_history (order_id, from_status, to_status, at, actor, reason)",
+            vec![
+                Cell::Text(order_id.to_owned()),
+                Cell::OptText(from.map(|f| f.as_str().to_owned())),
+                Cell::Text(to.as_str().to_owned()),
+                Cell::Int(now.as_micros()),
+                Cell::Text(actor.to_owned()),
+                Cell::OptText(reason.map(str::to_owned)),
+            ],
+        );
         outbox::audit(
             tx,
             now,
@@ -258,23 +259,26 @@ impl OrderStore {
         .bind(now.as_micros())
         .fetch_one(&mut **tx)
         .await?;
+        use mercato_kernel::db::Cell;
         for i in &o.items {
-            sqlx::query(
+            // Written at commit, with the order's other items, in one statement.
+            tx.append_row(
                 "INSERT INTO order_items (order_id, sku, variant_id, product_id, name, quantity, unit_price, \
-                 line_total, tax, seller_id, returned_quantity) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,0)",
-            )
-            .bind(&o.id)
-            .bind(&i.sku)
-            .bind(&i.variant_id)
-            .bind(&i.product_id)
-            .bind(&i.name)
-            .bind(i.quantity)
-            .bind(i.unit_price.amount)
-            .bind(i.line_total.amount)
-            .bind(i.tax.amount)
-            .bind(&i.seller_id)
-            .execute(&mut **tx)
-            .await?;
+                 line_total, tax, seller_id, returned_quantity)",
+                vec![
+                    Cell::Text(o.id.clone()),
+                    Cell::Text(i.sku.clone()),
+                    Cell::Text(i.variant_id.clone()),
+                    Cell::Text(i.product_id.clone()),
+                    Cell::Text(i.name.clone()),
+                    Cell::Int(i.quantity),
+                    Cell::Int(i.unit_price.amount),
+                    Cell::Int(i.line_total.amount),
+                    Cell::Int(i.tax.amount),
+                    Cell::Text(i.seller_id.clone()),
+                    Cell::Int(0),
+                ],
+            );
         }
         let order = order_of(&row)?;
         Self::history_tx(

@@ -739,6 +739,41 @@ impl PaymentService {
             tracing::warn!(error = %e, "gateway webhook refused");
             PaymentError::BadSignature
         })?;
+        // Decide from a read first: most webhooks are news of a charge this process already
+        // settled (the pay request got the answer first) and need no write at all — not even
+        // the replay record, since ignoring them twice changes nothing.
+        let payment = match self.inner.store.by_gateway_ref(&event.charge.id).await? {
+            Some(p) => Some(p),
+            None => {
+                self.inner
+                    .store
+                    .by_idempotency_key(&event.charge.reference)
+                    .await?
+            }
+        };
+        use crate::gateway::GatewayEventType as T;
+        let Some(p) = payment.filter(|p| match &event.event_type {
+            T::DisputeCreated => true,
+            // News of a payment we are unsure about. One still `initiated` is usually a request
+            // in flight that will settle itself; only a stale one (its request died) is settled
+            // from here — reconciliation covers the rest.
+            T::ChargeSucceeded | T::ChargeFailed => {
+                p.status == PaymentStatus::PendingVerification
+                    || (p.status == PaymentStatus::Initiated
+                        && now.since(p.updated_at)
+                            > Duration::from_millis(
+                                self.inner
+                                    .kernel
+                                    .settings
+                                    .gateway_timeout_ms
+                                    .saturating_mul(2),
+                            ))
+            }
+            _ => false,
+        }) else {
+            metrics::counter!("payments_webhooks_total", "outcome" => "no_effect").increment(1);
+            return Ok(());
+        };
         let mut tx = self
             .inner
             .store
@@ -751,66 +786,36 @@ impl PaymentService {
             metrics::counter!("payments_webhooks_total", "outcome" => "replay").increment(1);
             return Ok(());
         }
-        let payment = match self.inner.store.by_gateway_ref(&event.charge.id).await? {
-            Some(p) => Some(p),
-            None => {
-                self.inner
-                    .store
-                    .by_idempotency_key(&event.charge.reference)
-                    .await?
-            }
-        };
         let mut notify = None;
-        if let Some(p) = &payment {
-            use crate::gateway::GatewayEventType as T;
-            match &event.event_type {
-                T::DisputeCreated => {
-                    let amount = event
-                        .dispute
-                        .as_ref()
-                        .map(|d| d.amount)
-                        .unwrap_or(event.charge.amount);
-                    PaymentStore::ledger_tx(
-                        &mut tx,
-                        &p.id,
-                        Entry::Chargeback,
-                        amount,
-                        Some(&event.charge.id),
-                        json!({"event_id": event.id}),
-                        now,
-                    )
-                    .await?;
-                    outbox::append(
-                        &mut tx,
-                        now,
-                        NewEvent::new(
-                            "payment.chargeback",
-                            "payment",
-                            &p.id,
-                            json!({"payment_id": p.id, "order_id": p.order_id, "customer_id": p.customer_id, "amount": amount}),
-                        ),
-                    )
-                    .await?;
-                }
-                // News of a payment we are unsure about. One still `initiated` is usually a
-                // request in flight that will settle itself; only a stale one (its request
-                // died) is settled from here — reconciliation covers the rest.
-                T::ChargeSucceeded | T::ChargeFailed
-                    if p.status == PaymentStatus::PendingVerification
-                        || (p.status == PaymentStatus::Initiated
-                            && now.since(p.updated_at)
-                                > Duration::from_millis(
-                                    self.inner
-                                        .kernel
-                                        .settings
-                                        .gateway_timeout_ms
-                                        .saturating_mul(2),
-                                )) =>
-                {
-                    notify = Some(p.id.clone());
-                }
-                _ => {}
-            }
+        if event.event_type == T::DisputeCreated {
+            let amount = event
+                .dispute
+                .as_ref()
+                .map(|d| d.amount)
+                .unwrap_or(event.charge.amount);
+            PaymentStore::ledger_tx(
+                &mut tx,
+                &p.id,
+                Entry::Chargeback,
+                amount,
+                Some(&event.charge.id),
+                json!({"event_id": event.id}),
+                now,
+            )
+            .await?;
+            outbox::append(
+                &mut tx,
+                now,
+                NewEvent::new(
+                    "payment.chargeback",
+                    "payment",
+                    &p.id,
+                    json!({"payment_id": p.id, "order_id": p.order_id, "customer_id": p.customer_id, "amount": amount}),
+                ),
+            )
+            .await?;
+        } else {
+            notify = Some(p.id.clone());
         }
         tx.commit().await.map_err(StoreError::from)?;
         metrics::counter!("payments_webhooks_total", "outcome" => "applied").increment(1);

@@ -128,20 +128,21 @@ impl PaymentStore {
         metadata: Value,
         now: Timestamp,
     ) -> StoreResult<()> {
-        sqlx::query(
-            "INSERT INTO payment_ledger (id, payment_id, entry_type, amount, currency, at, gateway_ref, metadata) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-        )
-        .bind(mercato_kernel::id::new_id("led"))
-        .bind(payment_id)
-        .bind(entry.as_str())
-        .bind(amount.amount)
-        .bind(amount.currency.as_str())
-        .bind(now.as_micros())
-        .bind(gateway_ref)
-        .bind(metadata.to_string())
-        .execute(&mut **tx)
-        .await?;
+        use mercato_kernel::db::Cell;
+        // Written at commit with the transaction's other entries.
+        tx.append_row(
+            "INSERT INTO payment_ledger (id, payment_id, entry_type, amount, currency, at, gateway_ref, metadata)",
+            vec![
+                Cell::Text(mercato_kernel::id::new_id("led")),
+                Cell::Text(payment_id.to_owned()),
+                Cell::Text(entry.as_str().to_owned()),
+                Cell::Int(amount.amount),
+                Cell::Text(amount.currency.as_str().to_owned()),
+                Cell::Int(now.as_micros()),
+                Cell::OptText(gateway_ref.map(str::to_owned)),
+                Cell::Text(metadata.to_string()),
+            ],
+        );
         Ok(())
     }
 

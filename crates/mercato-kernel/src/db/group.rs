@@ -52,6 +52,8 @@ pub(super) struct BeginRequest {
     /// Receives the transaction (the writer connection lent to it). A transaction that is
     /// never received is dropped, which hands the connection back as a rollback.
     pub reply: oneshot::Sender<Result<super::Tx, sqlx::Error>>,
+    /// Who began it, while profiling ([`count_begins`]).
+    pub at: Option<&'static std::panic::Location<'static>>,
 }
 
 /// Limits of one batch.
@@ -80,6 +82,8 @@ pub struct DbStats {
     transactions: AtomicU64,
     commits: AtomicU64,
     failed_batches: AtomicU64,
+    in_transactions_us: AtomicU64,
+    in_commit_us: AtomicU64,
 }
 
 /// A snapshot of [`DbStats`].
@@ -93,6 +97,10 @@ pub struct DbStatsSnapshot {
     pub failed_batches: u64,
     /// Transactions waiting for the writer right now.
     pub waiting: u64,
+    /// SQLite: time the writer was lent to transactions (savepoint to release), microseconds.
+    pub in_transactions_us: u64,
+    /// SQLite: time spent in BEGIN and COMMIT (the fsync), microseconds.
+    pub in_commit_us: u64,
 }
 
 impl DbStats {
@@ -115,7 +123,58 @@ impl DbStats {
             commits: self.commits.load(Ordering::Relaxed),
             failed_batches: self.failed_batches.load(Ordering::Relaxed),
             waiting: queued.saturating_sub(started),
+            in_transactions_us: self.in_transactions_us.load(Ordering::Relaxed),
+            in_commit_us: self.in_commit_us.load(Ordering::Relaxed),
         }
+    }
+}
+
+static COUNT_BEGINS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+type ByCaller = std::collections::HashMap<String, (u64, u64)>;
+static BEGINS: std::sync::Mutex<Option<ByCaller>> = std::sync::Mutex::new(None);
+
+/// Starts (or stops) counting write transactions by the source line that began them
+/// (`mercato bench checkout --profile`).
+pub fn count_begins(on: bool) {
+    COUNT_BEGINS.store(on, Ordering::SeqCst);
+}
+
+/// Write transactions begun while counting, by caller: (caller, count, microseconds the
+/// writer was lent to them on SQLite), most frequent first.
+pub fn begins_by_caller() -> Vec<(String, u64, u64)> {
+    let mut v: Vec<(String, u64, u64)> = BEGINS
+        .lock()
+        .map(|m| {
+            m.clone()
+                .unwrap_or_default()
+                .into_iter()
+                .map(|(k, (n, us))| (k, n, us))
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    v
+}
+
+/// Counts a begin by `at` while profiling; returns `at` then (to time its hold on the writer).
+pub(super) fn note_begin(
+    at: &'static std::panic::Location<'static>,
+) -> Option<&'static std::panic::Location<'static>> {
+    if !COUNT_BEGINS.load(Ordering::Relaxed) {
+        return None;
+    }
+    note_hold(at, 1, 0);
+    Some(at)
+}
+
+fn note_hold(at: &'static std::panic::Location<'static>, n: u64, us: u64) {
+    if let Ok(mut m) = BEGINS.lock() {
+        let e = m
+            .get_or_insert_with(Default::default)
+            .entry(format!("{}:{}", at.file(), at.line()))
+            .or_default();
+        e.0 += n;
+        e.1 += us;
     }
 }
 
@@ -126,15 +185,12 @@ fn batch_error(what: &str, e: &sqlx::Error) -> sqlx::Error {
     )))
 }
 
-/// Outcome of running one member inside the batch.
-enum Member {
-    /// Released into the batch; waits for the batch's COMMIT.
-    Committed(oneshot::Sender<Result<(), sqlx::Error>>),
-    /// Rolled back to its savepoint (nothing to wait for).
-    RolledBack,
-}
-
 /// The task that owns SQLite's writer: forms batches and commits them.
+///
+/// Savepoint bookkeeping rides along with the statements around it, so each transaction costs
+/// one round trip to SQLite's worker thread beyond its own statements: `BEGIN IMMEDIATE;
+/// SAVEPOINT tx` opens a batch, `RELEASE tx; SAVEPOINT tx` passes from one member to the next,
+/// `RELEASE tx; COMMIT` closes it (a member that rolls back is `ROLLBACK TO tx; RELEASE tx; …`).
 pub(super) async fn run(
     pool: AnyPool,
     mut queue: mpsc::UnboundedReceiver<BeginRequest>,
@@ -151,56 +207,107 @@ pub(super) async fn run(
                 continue;
             }
         };
-        if let Err(e) = conn.execute("BEGIN IMMEDIATE").await {
+        let begun = Instant::now();
+        if let Err(e) = conn.execute("BEGIN IMMEDIATE; SAVEPOINT tx").await {
+            let _ = conn.execute("ROLLBACK").await;
             let _ = first.reply.send(Err(e));
             continue;
         }
+        let mut commit_time = begun.elapsed();
         let opened = Instant::now();
         let mut waiting: Vec<oneshot::Sender<Result<(), sqlx::Error>>> = Vec::new();
+        let mut rolled_back: Vec<oneshot::Sender<Result<(), sqlx::Error>>> = Vec::new();
         let mut members = 0usize;
-        let mut next = Some(first);
-        let mut broken: Option<sqlx::Error> = None;
+        let mut current = first;
         let mut held = Some(conn);
-        while let Some(req) = next.take() {
-            let Some(c) = held.take() else { break };
+        let mut broken: Option<sqlx::Error> = None;
+        loop {
+            let Some(c) = held.take() else {
+                broken = Some(lost_connection());
+                break;
+            };
             members += 1;
-            match serve(c, req).await {
-                Ok((c, member)) => {
-                    held = Some(c);
-                    if let Member::Committed(w) = member {
-                        waiting.push(w);
+            let lent = Instant::now();
+            let at = current.at;
+            let handback = lend(c, current).await;
+            let lent_us = micros(lent.elapsed());
+            stats
+                .in_transactions_us
+                .fetch_add(lent_us, Ordering::Relaxed);
+            if let Some(at) = at {
+                note_hold(at, 0, lent_us);
+            }
+            let Some(handback) = handback else {
+                broken = Some(lost_connection());
+                break;
+            };
+            let mut c = handback.conn;
+            let undo = match handback.action {
+                Action::Commit(w) => {
+                    waiting.push(w);
+                    false
+                }
+                Action::Rollback(w) => {
+                    rolled_back.extend(w);
+                    true
+                }
+            };
+            let end_member = if undo {
+                "ROLLBACK TO tx; RELEASE tx"
+            } else {
+                "RELEASE tx"
+            };
+            let next = if members < max_batch && opened.elapsed() < cfg.max_delay {
+                queue.try_recv().ok()
+            } else {
+                None
+            };
+            match next {
+                Some(req) => {
+                    stats.started.fetch_add(1, Ordering::Relaxed);
+                    let sql = format!("{end_member}; SAVEPOINT tx");
+                    match c.execute(sql.as_str()).await {
+                        Ok(_) => {
+                            answer_rollbacks(&mut rolled_back);
+                            held = Some(c);
+                            current = req;
+                        }
+                        Err(e) => {
+                            let _ = req.reply.send(Err(batch_error("SAVEPOINT", &e)));
+                            held = Some(c);
+                            broken = Some(e);
+                            break;
+                        }
                     }
                 }
-                Err((c, e)) => {
-                    held = c;
-                    broken = Some(e);
+                None => {
+                    let closing = Instant::now();
+                    let sql = if waiting.is_empty() {
+                        // Nothing to keep: no fsync needed.
+                        format!("{end_member}; ROLLBACK")
+                    } else {
+                        format!("{end_member}; COMMIT")
+                    };
+                    let r = c.execute(sql.as_str()).await;
+                    if let Err(e) = r {
+                        broken = Some(e);
+                    }
+                    commit_time += closing.elapsed();
+                    held = Some(c);
                     break;
                 }
             }
-            if members >= max_batch || opened.elapsed() >= cfg.max_delay {
-                break;
-            }
-            next = queue.try_recv().ok();
-            if next.is_some() {
-                stats.started.fetch_add(1, Ordering::Relaxed);
-            }
         }
-        let result = match (held.as_mut(), broken) {
-            (None, _) => Err(lost_connection()),
-            (Some(conn), Some(e)) => {
-                let _ = conn.execute("ROLLBACK").await;
-                Err(batch_error("the batch was rolled back", &e))
-            }
-            // Nothing to keep: no fsync needed.
-            (Some(conn), None) if waiting.is_empty() => conn.execute("ROLLBACK").await.map(|_| ()),
-            (Some(conn), None) => match conn.execute("COMMIT").await {
-                Ok(_) => Ok(()),
-                Err(e) => {
-                    let _ = conn.execute("ROLLBACK").await;
-                    Err(batch_error("COMMIT", &e))
-                }
-            },
-        };
+        if let (Some(_), Some(c)) = (&broken, held.as_mut()) {
+            // A failed COMMIT or savepoint statement leaves the outer transaction open (or SQLite
+            // already rolled it back): make sure nothing of the batch survives.
+            let _ = c.execute("ROLLBACK").await;
+        }
+        // Rolled-back members are undone whatever happened to the batch.
+        answer_rollbacks(&mut rolled_back);
+        stats
+            .in_commit_us
+            .fetch_add(micros(commit_time), Ordering::Relaxed);
         stats
             .transactions
             .fetch_add(members as u64, Ordering::Relaxed);
@@ -210,13 +317,13 @@ pub(super) async fn run(
             stats.committed(1);
             metrics::histogram!("db_group_commit_batch_size").record(waiting.len() as f64);
         }
-        match result {
-            Ok(()) => {
+        match broken {
+            None => {
                 for w in waiting {
                     let _ = w.send(Ok(()));
                 }
             }
-            Err(e) => {
+            Some(e) => {
                 stats.failed_batches.fetch_add(1, Ordering::Relaxed);
                 metrics::counter!("db_group_commit_failures_total").increment(1);
                 tracing::error!(error = %e, members, "a group commit failed; its transactions were not applied");
@@ -229,7 +336,15 @@ pub(super) async fn run(
     }
 }
 
-type Served = Result<(PoolConnection<Any>, Member), (Option<PoolConnection<Any>>, sqlx::Error)>;
+fn answer_rollbacks(rolled_back: &mut Vec<oneshot::Sender<Result<(), sqlx::Error>>>) {
+    for w in rolled_back.drain(..) {
+        let _ = w.send(Ok(()));
+    }
+}
+
+fn micros(d: Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
 
 fn lost_connection() -> sqlx::Error {
     sqlx::Error::Io(std::io::Error::other(
@@ -237,52 +352,14 @@ fn lost_connection() -> sqlx::Error {
     ))
 }
 
-/// Runs one logical transaction inside the open batch. `Err` means the batch itself is broken
-/// (SQLite rolled the outer transaction back, or a savepoint statement failed).
-async fn serve(mut c: PoolConnection<Any>, req: BeginRequest) -> Served {
-    if let Err(e) = c.execute("SAVEPOINT tx").await {
-        let _ = req.reply.send(Err(batch_error("SAVEPOINT", &e)));
-        return Err((Some(c), e));
-    }
+/// Lends the connection (with its savepoint open) to one logical transaction and waits for it
+/// to come back. `None` when the transaction was leaked (mem::forget) and the connection lost.
+async fn lend(c: PoolConnection<Any>, req: BeginRequest) -> Option<Handback> {
     let (back, back_rx) = oneshot::channel();
     // If the caller stopped waiting, the returned transaction is dropped here, which hands
     // the connection back as a rollback.
     drop(req.reply.send(Ok(super::Tx::grouped(c, back))));
-    let handback = match back_rx.await {
-        Ok(h) => h,
-        // The Tx was leaked without dropping (mem::forget): the connection is gone.
-        Err(_) => return Err((None, lost_connection())),
-    };
-    let mut c = handback.conn;
-    match handback.action {
-        Action::Commit(w) => match c.execute("RELEASE tx").await {
-            Ok(_) => Ok((c, Member::Committed(w))),
-            Err(e) => {
-                let _ = w.send(Err(batch_error("RELEASE", &e)));
-                Err((Some(c), e))
-            }
-        },
-        Action::Rollback(w) => {
-            let r = match c.execute("ROLLBACK TO tx").await {
-                Ok(_) => c.execute("RELEASE tx").await.map(|_| ()),
-                Err(e) => Err(e),
-            };
-            match r {
-                Ok(()) => {
-                    if let Some(w) = w {
-                        let _ = w.send(Ok(()));
-                    }
-                    Ok((c, Member::RolledBack))
-                }
-                Err(e) => {
-                    if let Some(w) = w {
-                        let _ = w.send(Err(batch_error("ROLLBACK TO", &e)));
-                    }
-                    Err((Some(c), e))
-                }
-            }
-        }
-    }
+    back_rx.await.ok()
 }
 
 #[cfg(test)]

@@ -17,7 +17,7 @@ mod error;
 mod group;
 
 pub use error::{StoreError, StoreResult};
-pub use group::{DbStats, DbStatsSnapshot, GroupCommitConfig};
+pub use group::{DbStats, DbStatsSnapshot, GroupCommitConfig, begins_by_caller, count_begins};
 
 use anyhow::Context as _;
 use sqlx::any::{AnyPoolOptions, AnyRow};
@@ -36,7 +36,26 @@ pub struct Tx {
     inner: TxInner,
     /// PostgreSQL: counts commits (the group committer counts its own on SQLite).
     stats: Option<std::sync::Arc<DbStats>>,
+    /// Rows for append-only tables, written at commit (see [`Tx::append_row`]).
+    appended: Vec<AppendedRow>,
 }
+
+/// A value of a row appended with [`Tx::append_row`].
+#[derive(Clone, Debug)]
+pub enum Cell {
+    Int(i64),
+    Text(String),
+    OptText(Option<String>),
+}
+
+struct AppendedRow {
+    /// `INSERT INTO table (col, …)`: rows with the same prefix share one statement.
+    prefix: &'static str,
+    cells: Vec<Cell>,
+}
+
+/// Most rows in one multi-row INSERT (keeps the bind count far below SQLite's limit).
+const APPEND_CHUNK: usize = 200;
 
 enum TxInner {
     Plain(sqlx::Transaction<'static, Any>),
@@ -57,11 +76,76 @@ impl Tx {
                 back: Some(back),
             },
             stats: None,
+            appended: Vec::new(),
         }
+    }
+
+    /// Queues a row for a table the transaction will not read back (outbox, audit log, histories,
+    /// order items): it is inserted when
+    /// the transaction commits, together with the other rows queued for the same table, in one
+    /// multi-row INSERT — one statement instead of one per row. `prefix` is
+    /// `INSERT INTO table (col, …)` and `cells` one value per column. Nothing may read the row
+    /// inside the transaction that queued it.
+    pub fn append_row(&mut self, prefix: &'static str, cells: Vec<Cell>) {
+        self.appended.push(AppendedRow { prefix, cells });
+    }
+
+    /// Writes the queued rows ([`Tx::append_row`]).
+    async fn flush_appended(&mut self) -> Result<(), sqlx::Error> {
+        let rows = std::mem::take(&mut self.appended);
+        let mut i = 0;
+        while i < rows.len() {
+            let prefix = rows[i].prefix;
+            let width = rows[i].cells.len();
+            let mut j = i;
+            while j < rows.len()
+                && j - i < APPEND_CHUNK
+                && rows[j].prefix == prefix
+                && rows[j].cells.len() == width
+            {
+                j += 1;
+            }
+            let mut sql = String::with_capacity(prefix.len() + (j - i) * width * 5);
+            sql.push_str(prefix);
+            sql.push_str(" VALUES ");
+            let mut n = 0;
+            for k in 0..(j - i) {
+                if k > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for c in 0..width {
+                    if c > 0 {
+                        sql.push(',');
+                    }
+                    n += 1;
+                    sql.push('$');
+                    sql.push_str(&n.to_string());
+                }
+                sql.push(')');
+            }
+            let mut q = sqlx::query(&sql);
+            for row in &rows[i..j] {
+                for cell in &row.cells {
+                    q = match cell {
+                        Cell::Int(v) => q.bind(*v),
+                        Cell::Text(v) => q.bind(v.clone()),
+                        Cell::OptText(v) => q.bind(v.clone()),
+                    };
+                }
+            }
+            q.execute(&mut **self).await?;
+            i = j;
+        }
+        Ok(())
     }
 
     /// Makes the transaction's work durable (on SQLite: with the rest of its batch).
     pub async fn commit(mut self) -> Result<(), sqlx::Error> {
+        if !self.appended.is_empty() {
+            // On failure `self` drops here, which rolls the transaction back.
+            self.flush_appended().await?;
+        }
         match std::mem::replace(
             &mut self.inner,
             TxInner::Grouped {
@@ -304,19 +388,29 @@ impl Db {
     /// up front, so a transaction that reads before it writes cannot hit "database is locked".
     ///
     /// On SQLite the transaction joins the group committer's current (or next) batch.
-    pub async fn begin(&self) -> StoreResult<Tx> {
+    #[track_caller]
+    pub fn begin(&self) -> impl std::future::Future<Output = StoreResult<Tx>> + Send + '_ {
+        let at = group::note_begin(std::panic::Location::caller());
+        self.begin_here(at)
+    }
+
+    async fn begin_here(
+        &self,
+        at: Option<&'static std::panic::Location<'static>>,
+    ) -> StoreResult<Tx> {
         let Some(queue) = &self.committer else {
             let tx = self.write.begin().await?;
             self.stats.begun();
             return Ok(Tx {
                 inner: TxInner::Plain(tx),
                 stats: Some(self.stats.clone()),
+                appended: Vec::new(),
             });
         };
         let (reply, lease) = tokio::sync::oneshot::channel();
         self.stats.queued();
         queue
-            .send(group::BeginRequest { reply })
+            .send(group::BeginRequest { reply, at })
             .map_err(|_| StoreError::Unavailable("the database is closed".into()))?;
         match tokio::time::timeout(self.acquire_timeout, lease).await {
             Ok(Ok(r)) => Ok(r?),
@@ -328,14 +422,18 @@ impl Db {
     }
 
     /// Runs one write statement as its own transaction (on SQLite: in the current batch).
-    pub async fn execute_write<'q>(
-        &self,
+    #[track_caller]
+    pub fn execute_write<'a, 'q: 'a>(
+        &'a self,
         query: sqlx::query::Query<'q, Any, sqlx::any::AnyArguments<'q>>,
-    ) -> StoreResult<sqlx::any::AnyQueryResult> {
-        let mut tx = self.begin().await?;
-        let r = query.execute(&mut *tx).await?;
-        tx.commit().await?;
-        Ok(r)
+    ) -> impl std::future::Future<Output = StoreResult<sqlx::any::AnyQueryResult>> + Send + 'a {
+        let at = group::note_begin(std::panic::Location::caller());
+        async move {
+            let mut tx = self.begin_here(at).await?;
+            let r = query.execute(&mut *tx).await?;
+            tx.commit().await?;
+            Ok(r)
+        }
     }
 
     /// Appended to a `SELECT` that reads rows the transaction will then write:

@@ -29,6 +29,11 @@ pub struct BusConfig {
     pub batch_size: i64,
     pub handler_timeout: Duration,
     pub lease: Duration,
+    /// How long a consumer's advanced offset may stay in memory before it is written. Offsets
+    /// are written behind: after a crash a consumer re-reads at most this much of the log,
+    /// which consumers tolerate because they are idempotent by event id, and a purchase no
+    /// longer costs one durable write per consumer.
+    pub offset_flush: Duration,
 }
 
 impl Default for BusConfig {
@@ -41,6 +46,7 @@ impl Default for BusConfig {
             batch_size: 200,
             handler_timeout: Duration::from_secs(30),
             lease: Duration::from_secs(30),
+            offset_flush: Duration::from_millis(250),
         }
     }
 }
@@ -59,6 +65,8 @@ pub struct EmbeddedBus {
     ensured: std::sync::Mutex<std::collections::HashSet<String>>,
     /// When due retries were last looked for.
     last_retry_check: std::sync::Mutex<Option<std::time::Instant>>,
+    /// Offsets as last written: consumer → (position, when).
+    saved: std::sync::Mutex<std::collections::HashMap<String, (i64, std::time::Instant)>>,
 }
 
 const EVENT_COLUMNS: &str = "o.id, o.event_type, o.occurred_at, o.aggregate_type, \
@@ -90,6 +98,7 @@ impl EmbeddedBus {
             leases: std::sync::Mutex::new(std::collections::HashMap::new()),
             ensured: std::sync::Mutex::new(std::collections::HashSet::new()),
             last_retry_check: std::sync::Mutex::new(None),
+            saved: std::sync::Mutex::new(std::collections::HashMap::new()),
         }
     }
 
@@ -128,17 +137,20 @@ impl EmbeddedBus {
             tx.rollback().await?;
             return Ok(0);
         }
-        let mut pos = head;
-        for seq in &seqs {
-            pos += 1;
-            sqlx::query("UPDATE outbox SET log_pos = $1 WHERE seq = $2")
-                .bind(pos)
-                .bind(*seq)
-                .execute(&mut *tx)
-                .await?;
-        }
+        // One statement for the whole batch: position = head + 1 + (seq - first seq). Positions
+        // may leave gaps (seqs of rolled-back inserts); consumers only need them increasing.
+        let (first, last) = (seqs[0], seqs[seqs.len() - 1]);
+        sqlx::query(
+            "UPDATE outbox SET log_pos = $1 + 1 + seq - $2 \
+             WHERE log_pos IS NULL AND seq >= $2 AND seq <= $3",
+        )
+        .bind(head)
+        .bind(first)
+        .bind(last)
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("UPDATE outbox_log_head SET position = $1 WHERE id = 1")
-            .bind(pos)
+            .bind(head + 1 + last - first)
             .execute(&mut *tx)
             .await?;
         tx.commit().await?;
@@ -176,9 +188,19 @@ impl EmbeddedBus {
                 e.insert(consumer.to_owned());
             }
         }
+        // A renewal also writes the offset still held in memory (see `offset_flush`); a lease
+        // taken over from another process starts from the offset it wrote.
+        let held = self
+            .leases
+            .lock()
+            .ok()
+            .and_then(|l| l.get(consumer).map(|(p, _)| *p))
+            .unwrap_or(-1);
         let mut tx = self.db.begin().await?;
         let pos: Option<i64> = sqlx::query_scalar(
-            "UPDATE consumer_offsets SET owner = $1, lease_until = $2 \
+            "UPDATE consumer_offsets SET \
+             position = CASE WHEN owner = $1 AND position < $5 THEN $5 ELSE position END, \
+             owner = $1, lease_until = $2 \
              WHERE consumer = $3 AND (owner = $1 OR owner IS NULL OR lease_until < $4) \
              RETURNING position",
         )
@@ -186,9 +208,13 @@ impl EmbeddedBus {
         .bind(until.as_micros())
         .bind(consumer)
         .bind(now.as_micros())
+        .bind(held)
         .fetch_optional(&mut *tx)
         .await?;
         tx.commit().await?;
+        if let (Some(p), Ok(mut saved)) = (pos, self.saved.lock()) {
+            saved.insert(consumer.to_owned(), (p, std::time::Instant::now()));
+        }
         if let Ok(mut l) = self.leases.lock() {
             match pos {
                 Some(p) => {
@@ -229,10 +255,71 @@ impl EmbeddedBus {
         result
     }
 
-    /// Gives up this process's consumer leases (at shutdown).
+    /// Writes `consumer`'s in-memory offset when it moved and was last written more than
+    /// `offset_flush` ago (or at once with `force`).
+    async fn save_offset(&self, consumer: &str, force: bool) -> anyhow::Result<()> {
+        let Some(position) = self
+            .leases
+            .lock()
+            .ok()
+            .and_then(|l| l.get(consumer).map(|(p, _)| *p))
+        else {
+            return Ok(());
+        };
+        let due = match self
+            .saved
+            .lock()
+            .ok()
+            .and_then(|s| s.get(consumer).copied())
+        {
+            Some((p, _)) if p >= position => false,
+            Some((_, at)) => force || at.elapsed() >= self.cfg.offset_flush,
+            None => true,
+        };
+        if !due {
+            return Ok(());
+        }
+        let moved = self
+            .db
+            .execute_write(
+                sqlx::query(
+                    "UPDATE consumer_offsets SET position = $1, updated_at = $2 \
+                     WHERE consumer = $3 AND owner = $4",
+                )
+                .bind(position)
+                .bind(self.clock.now().as_micros())
+                .bind(consumer)
+                .bind(&self.node),
+            )
+            .await?;
+        let held = moved.rows_affected() == 1;
+        self.remember_position(consumer, position, held);
+        if let Ok(mut saved) = self.saved.lock() {
+            if held {
+                saved.insert(consumer.to_owned(), (position, std::time::Instant::now()));
+            } else {
+                saved.remove(consumer);
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes every offset still held only in memory (at shutdown, and in tests).
+    pub async fn flush_offsets(&self) -> anyhow::Result<()> {
+        for h in self.handlers() {
+            self.save_offset(h.name(), true).await?;
+        }
+        Ok(())
+    }
+
+    /// Gives up this process's consumer leases (at shutdown), writing their offsets first.
     pub async fn release_leases(&self) -> anyhow::Result<u64> {
+        self.flush_offsets().await?;
         if let Ok(mut l) = self.leases.lock() {
             l.clear();
+        }
+        if let Ok(mut s) = self.saved.lock() {
+            s.clear();
         }
         let r = self
             .db
@@ -275,20 +362,8 @@ impl EmbeddedBus {
             last = pos;
         }
         lag_gauge(name, &self.db, last).await;
-        let moved = self
-            .db
-            .execute_write(
-                sqlx::query(
-                    "UPDATE consumer_offsets SET position = $1, updated_at = $2 \
-             WHERE consumer = $3 AND owner = $4",
-                )
-                .bind(last)
-                .bind(self.clock.now().as_micros())
-                .bind(name)
-                .bind(&self.node),
-            )
-            .await?;
-        self.remember_position(name, last, moved.rows_affected() == 1);
+        self.remember_position(name, last, true);
+        self.save_offset(name, false).await?;
         Ok(rows.len())
     }
 
@@ -428,6 +503,7 @@ impl EventBus for EmbeddedBus {
             if check_retries {
                 worked |= self.retry_once(h.as_ref()).await? > 0;
             }
+            self.save_offset(h.name(), false).await?;
         }
         Ok(if worked {
             Outcome::Worked

@@ -90,22 +90,24 @@ static WAKE: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Writes `event` to the outbox inside the caller's transaction; returns its id.
 pub async fn append(tx: &mut Tx, now: Timestamp, event: NewEvent) -> StoreResult<String> {
+    use crate::db::Cell;
     let id = crate::id::new_id("evt");
-    sqlx::query(
+    // Written at commit with the transaction's other events, in one statement.
+    tx.append_row(
         "INSERT INTO outbox (id, event_type, occurred_at, aggregate_type, aggregate_id, \
-         correlation_id, causation_id, version, data) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9)",
-    )
-    .bind(&id)
-    .bind(&event.event_type)
-    .bind(now.as_micros())
-    .bind(&event.aggregate_type)
-    .bind(&event.aggregate_id)
-    .bind(&event.correlation_id)
-    .bind(&event.causation_id)
-    .bind(event.version)
-    .bind(serde_json::to_string(&event.data).unwrap_or_else(|_| "null".into()))
-    .execute(&mut **tx)
-    .await?;
+         correlation_id, causation_id, version, data)",
+        vec![
+            Cell::Text(id.clone()),
+            Cell::Text(event.event_type.clone()),
+            Cell::Int(now.as_micros()),
+            Cell::Text(event.aggregate_type),
+            Cell::Text(event.aggregate_id),
+            Cell::OptText(event.correlation_id),
+            Cell::OptText(event.causation_id),
+            Cell::Int(event.version),
+            Cell::Text(serde_json::to_string(&event.data).unwrap_or_else(|_| "null".into())),
+        ],
+    );
     metrics::counter!("outbox_events_appended_total", "type" => event.event_type).increment(1);
     // The relay may look before this commits; it then finds the event on its next poll.
     WAKE.notify_waiters();
@@ -165,20 +167,20 @@ pub async fn audit(
     entity_id: &str,
     data: impl Serialize,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "INSERT INTO audit_log (id, at, actor, action, entity_type, entity_id, data, request_id) \
-         VALUES ($1,$2,$3,$4,$5,$6,$7,$8)",
-    )
-    .bind(crate::id::new_id("aud"))
-    .bind(now.as_micros())
-    .bind(actor)
-    .bind(action)
-    .bind(entity_type)
-    .bind(entity_id)
-    .bind(serde_json::to_string(&data).unwrap_or_else(|_| "null".into()))
-    .bind(crate::http::current_request_id())
-    .execute(&mut **tx)
-    .await?;
+    use crate::db::Cell;
+    tx.append_row(
+        "INSERT INTO audit_log (id, at, actor, action, entity_type, entity_id, data, request_id)",
+        vec![
+            Cell::Text(crate::id::new_id("aud")),
+            Cell::Int(now.as_micros()),
+            Cell::Text(actor.to_owned()),
+            Cell::Text(action.to_owned()),
+            Cell::Text(entity_type.to_owned()),
+            Cell::Text(entity_id.to_owned()),
+            Cell::Text(serde_json::to_string(&data).unwrap_or_else(|_| "null".into())),
+            Cell::OptText(crate::http::current_request_id()),
+        ],
+    );
     Ok(())
 }
 

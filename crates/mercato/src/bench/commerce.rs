@@ -216,8 +216,13 @@ async fn timed<T>(
 pub async fn flash_sale(args: &BenchArgs) -> anyhow::Result<Report> {
     let units = i64::try_from(args.size.unwrap_or(100)).unwrap_or(100);
     let buyers = args.concurrency.max(1);
+    // Client and in-process server share one open-file limit (often 20,000 here): at most this
+    // many requests are in flight at once; every buyer is released at the same moment and waits
+    // for a connection like a browser behind a busy network would.
+    let connections = buyers.min(4_000);
+    let permits = Arc::new(tokio::sync::Semaphore::new(connections));
     let t = target(args).await?;
-    let http = http_client(buyers)?;
+    let http = http_client(connections)?;
     let api = Api {
         http,
         base: t.base.clone(),
@@ -247,40 +252,50 @@ pub async fn flash_sale(args: &BenchArgs) -> anyhow::Result<Report> {
             gate.clone(),
             sku.clone(),
         );
+        let permits = permits.clone();
         tasks.push(tokio::spawn(async move {
             gate.wait().await;
             let total = Instant::now();
             let result: anyhow::Result<()> = async {
+                let _p = permits.acquire().await?;
                 let cart = timed(&rec, "1 create cart", async {
                     expect("cart", c.post("/carts", json!({})).await?, &[200, 201])
                 })
                 .await?;
                 let cart_id = id(&cart);
-                timed(&rec, "2 add to cart", async {
-                    expect(
-                        "add",
-                        c.post(
-                            &format!("/carts/{cart_id}/items"),
-                            json!({"sku": sku, "quantity": 1}),
-                        )
-                        .await?,
-                        &[200, 409],
+                drop(_p);
+                let _p = permits.acquire().await?;
+                let t0 = Instant::now();
+                let add = c
+                    .post(
+                        &format!("/carts/{cart_id}/items"),
+                        json!({"sku": sku, "quantity": 1}),
                     )
-                })
-                .await?;
-                let chk = timed(&rec, "3 checkout (reserve)", async {
-                    c.post(
+                    .await?;
+                if add.0 == 409 {
+                    rec.ok("2 add to cart: sold out (409)", t0.elapsed());
+                } else {
+                    expect("add", add, &[200])?;
+                    rec.ok("2 add to cart", t0.elapsed());
+                }
+                drop(_p);
+                let _p = permits.acquire().await?;
+                let t0 = Instant::now();
+                let chk = c
+                    .post(
                         "/checkouts",
                         json!({"cart_id": cart_id, "shipping_address": address()}),
                     )
-                    .await
-                })
-                .await?;
+                    .await?;
                 if chk.0 == 409 {
+                    rec.ok("3 checkout: sold out (409)", t0.elapsed());
                     sold_out.fetch_add(1, Ordering::Relaxed);
                     return Ok(());
                 }
                 let chk = expect("checkout", chk, &[201])?;
+                rec.ok("3 checkout (reserve)", t0.elapsed());
+                drop(_p);
+                let _p = permits.acquire().await?;
                 timed(&rec, "4 pay", async {
                     expect(
                         "pay",
@@ -375,6 +390,9 @@ pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
     for i in 0..args.concurrency.max(1) {
         buyers.push(customer(&api, &format!("co{i}")).await?);
     }
+    if args.profile {
+        return profile(&t, &buyers[0], &skus).await;
+    }
     let buyers = Arc::new(buyers);
     let skus = Arc::new(skus);
     let rec = Arc::new(Recorder::new());
@@ -385,55 +403,7 @@ pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
         async move {
             let c = &buyers[w % buyers.len()];
             let total = Instant::now();
-            let result: anyhow::Result<()> = async {
-                let cart = expect("cart", c.post("/carts", json!({})).await?, &[200, 201])?;
-                let cart_id = id(&cart);
-                let lines = 1 + (i as usize + w) % 3;
-                for k in 0..lines {
-                    let sku = &skus[(w * 7919 + i as usize * 104_729 + k * 31) % skus.len()];
-                    timed(&rec, "add to cart", async {
-                        expect(
-                            "add",
-                            c.post(
-                                &format!("/carts/{cart_id}/items"),
-                                json!({"sku": sku, "quantity": 1}),
-                            )
-                            .await?,
-                            &[200],
-                        )
-                    })
-                    .await?;
-                }
-                let chk = timed(&rec, "checkout (reserve)", async {
-                    expect(
-                        "checkout",
-                        c.post(
-                            "/checkouts",
-                            json!({"cart_id": cart_id, "shipping_address": address()}),
-                        )
-                        .await?,
-                        &[201],
-                    )
-                })
-                .await?;
-                timed(&rec, "pay", async {
-                    expect(
-                        "pay",
-                        c.call(
-                            reqwest::Method::POST,
-                            &format!("/checkouts/{}/pay", id(&chk)),
-                            Some(&json!({"payment_method": "card", "payment_token": "tok_visa"})),
-                            Some(&format!("co-{w}-{i}")),
-                        )
-                        .await?,
-                        &[201],
-                    )
-                })
-                .await?;
-                Ok(())
-            }
-            .await;
-            match result {
+            match purchase(c, &skus, w, i, &mut |step, d| rec.ok(step, d)).await {
                 Ok(()) => {
                     rec.ok("checkout end to end", total.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
@@ -447,6 +417,9 @@ pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
     })
     .await;
     let mut report = Report::new("checkout", &t.base, args.concurrency, wall);
+    if let Some(state) = &t.state {
+        writer_facts(&mut report, &state.kernel.db, wall);
+    }
     report.steps = rec.stats(wall);
     let n = done.load(Ordering::Relaxed);
     report.fact("products", products);
@@ -466,6 +439,207 @@ pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
     Ok(report)
 }
 
+/// One purchase of the checkout scenario: cart, 1–3 adds, checkout, pay. `step` is called
+/// with each step's name and latency as it completes.
+async fn purchase(
+    c: &Api,
+    skus: &[String],
+    w: usize,
+    i: u64,
+    step: &mut (dyn FnMut(&'static str, std::time::Duration) + Send),
+) -> anyhow::Result<()> {
+    let t = Instant::now();
+    let cart = expect("cart", c.post("/carts", json!({})).await?, &[200, 201])?;
+    step("create cart", t.elapsed());
+    let cart_id = id(&cart);
+    let lines = 1 + (i as usize + w) % 3;
+    for k in 0..lines {
+        let sku = &skus[(w * 7919 + i as usize * 104_729 + k * 31) % skus.len()];
+        let t = Instant::now();
+        expect(
+            "add",
+            c.post(
+                &format!("/carts/{cart_id}/items"),
+                json!({"sku": sku, "quantity": 1}),
+            )
+            .await?,
+            &[200],
+        )?;
+        step("add to cart", t.elapsed());
+    }
+    let t = Instant::now();
+    let chk = expect(
+        "checkout",
+        c.post(
+            "/checkouts",
+            json!({"cart_id": cart_id, "shipping_address": address()}),
+        )
+        .await?,
+        &[201],
+    )?;
+    step("checkout (reserve)", t.elapsed());
+    let t = Instant::now();
+    expect(
+        "pay",
+        c.call(
+            reqwest::Method::POST,
+            &format!("/checkouts/{}/pay", id(&chk)),
+            Some(&json!({"payment_method": "card", "payment_token": "tok_visa"})),
+            Some(&format!("co-{w}-{i}-{}", mercato_kernel::id::random_hex(4))),
+        )
+        .await?,
+        &[201],
+    )?;
+    step("pay", t.elapsed());
+    Ok(())
+}
+
+/// `bench checkout --profile`: purchases one at a time, counting per step the write
+/// transactions, durable commits and SQL statements (all statements, reads included). Work
+/// done in the background — the gateway's webhook, the event bus delivering to consumers — is
+/// counted once the purchases are over and the bus is idle, and reported per purchase.
+async fn profile(t: &super::Target, buyer: &Api, skus: &[String]) -> anyhow::Result<Report> {
+    use std::collections::BTreeMap;
+    const PURCHASES: u64 = 200;
+    let state = t
+        .state
+        .as_ref()
+        .context("--profile runs in-process only (it reads the server's counters)")?;
+    let db = state.kernel.db.clone();
+    // Counting statements makes sqlx format each one, which inflates the hold times below:
+    // MERCATO_BENCH_PROFILE_STATEMENTS=0 times the transactions without it.
+    let statements = std::env::var("MERCATO_BENCH_PROFILE_STATEMENTS").map_or(true, |v| v != "0");
+    mercato_kernel::telemetry::count_statements(statements);
+    mercato_kernel::db::count_begins(true);
+    let snap = |db: &mercato_kernel::db::Db| {
+        let s = db.stats().snapshot();
+        (
+            s.transactions,
+            s.commits,
+            mercato_kernel::telemetry::statements(),
+        )
+    };
+    // Warm up (prepared statement caches, the first lease of every consumer), then settle.
+    for i in 0..10 {
+        purchase(buyer, skus, 0, i, &mut |_, _| {}).await?;
+    }
+    settle(&db).await;
+    let mut per_step: BTreeMap<&'static str, (u64, u64, u64, u64)> = BTreeMap::new();
+    let started = Instant::now();
+    let before = snap(&db);
+    for i in 0..PURCHASES {
+        let mut last = snap(&db);
+        let mut on_step = |name: &'static str, _| {
+            let now = snap(&db);
+            let e = per_step.entry(name).or_default();
+            e.0 += 1;
+            e.1 += now.0 - last.0;
+            e.2 += now.1 - last.1;
+            e.3 += now.2 - last.2;
+            last = now;
+        };
+        purchase(buyer, skus, 0, 100 + i, &mut on_step).await?;
+    }
+    let wall = started.elapsed();
+    settle(&db).await;
+    let after = snap(&db);
+    mercato_kernel::telemetry::count_statements(false);
+    mercato_kernel::db::count_begins(false);
+    eprintln!(
+        "write transactions per purchase, by the line that began them, and the mean time each held SQLite's writer (warm-up included):"
+    );
+    for (at, n, us) in mercato_kernel::db::begins_by_caller() {
+        eprintln!(
+            "{:>7.2}  {:>8.1} µs  {at}",
+            n as f64 / (PURCHASES + 10) as f64,
+            us as f64 / n.max(1) as f64
+        );
+    }
+    eprintln!("statements per purchase, by text (warm-up included):");
+    for (text, n) in mercato_kernel::telemetry::statements_by_text()
+        .iter()
+        .take(60)
+    {
+        eprintln!("{:>7.2}  {text}", *n as f64 / (PURCHASES + 10) as f64);
+    }
+    let mut report = Report::new("checkout --profile", &t.base, 1, wall);
+    let per = |x: u64| format!("{:.1}", x as f64 / PURCHASES as f64);
+    let (mut st, mut sc, mut ss) = (0, 0, 0);
+    for (name, (n, tx, commits, stmts)) in &per_step {
+        report.fact(
+            &format!("step {name}"),
+            format!(
+                "{:.2} calls; per purchase: {} transactions, {} commits, {} statements",
+                *n as f64 / PURCHASES as f64,
+                per(*tx),
+                per(*commits),
+                per(*stmts)
+            ),
+        );
+        st += tx;
+        sc += commits;
+        ss += stmts;
+    }
+    let (tx, commits, stmts) = (after.0 - before.0, after.1 - before.1, after.2 - before.2);
+    report.fact(
+        "step zz background (webhook, event bus)",
+        format!(
+            "per purchase: {} transactions, {} commits, {} statements",
+            per(tx - st),
+            per(commits - sc),
+            per(stmts - ss)
+        ),
+    );
+    report.fact(
+        "total per purchase",
+        format!(
+            "{} write transactions, {} durable commits, {} SQL statements ({} purchases, backend {})",
+            per(tx),
+            per(commits),
+            per(stmts),
+            PURCHASES,
+            db.backend().as_str()
+        ),
+    );
+    Ok(report)
+}
+
+/// How busy the writer was during a run (SQLite's group committer; zeros on PostgreSQL).
+fn writer_facts(report: &mut Report, db: &mercato_kernel::db::Db, wall: std::time::Duration) {
+    let s = db.stats().snapshot();
+    let wall_us = wall.as_micros().max(1) as f64;
+    report.fact(
+        "writer",
+        format!(
+            "{} transactions in {} durable commits (mean batch {:.1}); lent to transactions {:.0} % of the time, in BEGIN/COMMIT {:.0} % (whole process life)",
+            s.transactions,
+            s.commits,
+            s.transactions as f64 / s.commits.max(1) as f64,
+            s.in_transactions_us as f64 / wall_us * 100.0,
+            s.in_commit_us as f64 / wall_us * 100.0,
+        ),
+    );
+}
+
+/// Waits until the event bus has delivered everything and the writer is quiet.
+async fn settle(db: &mercato_kernel::db::Db) {
+    let mut quiet = 0;
+    let mut last = db.stats().snapshot().transactions;
+    for _ in 0..200 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        let now = db.stats().snapshot().transactions;
+        if now == last {
+            quiet += 1;
+            if quiet >= 6 {
+                return;
+            }
+        } else {
+            quiet = 0;
+            last = now;
+        }
+    }
+}
+
 /// `mercato bench db-commit`: the floor under every write path — durable commits per second
 /// through the kernel's `Db` (BEGIN IMMEDIATE on SQLite's single writer, `synchronous=FULL`),
 /// each one conditional UPDATE of a hot row, from `--concurrency` tasks.
@@ -481,29 +655,50 @@ pub async fn db_commit(args: &BenchArgs) -> anyhow::Result<Report> {
         "INSERT INTO bench_counter (id, n) VALUES (1, 0) ON CONFLICT (id) DO NOTHING",
     ))
     .await?;
+    // `--size N`: statements per transaction (default 1), to measure what one more statement
+    // costs (on SQLite: a round trip to sqlx's worker thread).
+    let statements = args.size.unwrap_or(1).clamp(1, 1000);
+    let step: &'static str = if statements == 1 {
+        "commit (1 conditional UPDATE)"
+    } else {
+        Box::leak(format!("commit ({statements} conditional UPDATEs)").into_boxed_str())
+    };
     let rec = Arc::new(Recorder::new());
     let r = rec.clone();
+    let before = db.stats().snapshot();
+    let stats_db = db.clone();
     let wall = closed_loop(args.concurrency, args.duration, move |_, _| {
         let (db, rec) = (db.clone(), r.clone());
         async move {
             let t0 = Instant::now();
             let res: anyhow::Result<()> = async {
                 let mut tx = db.begin().await?;
-                sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = 1 AND n >= 0")
-                    .execute(&mut *tx)
-                    .await?;
+                for _ in 0..statements {
+                    sqlx::query("UPDATE bench_counter SET n = n + 1 WHERE id = 1 AND n >= 0")
+                        .execute(&mut *tx)
+                        .await?;
+                }
                 tx.commit().await?;
                 Ok(())
             }
             .await;
             match res {
-                Ok(()) => rec.ok("commit (1 conditional UPDATE)", t0.elapsed()),
-                Err(_) => rec.error("commit (1 conditional UPDATE)"),
+                Ok(()) => rec.ok(step, t0.elapsed()),
+                Err(_) => rec.error(step),
             }
         }
     })
     .await;
     let mut report = Report::new("db-commit", &t.base, args.concurrency, wall);
     report.steps = rec.stats(wall);
+    let after = stats_db.stats().snapshot();
+    report.fact(
+        "durable commits",
+        format!(
+            "{} for {} transactions",
+            after.commits - before.commits,
+            after.transactions - before.transactions
+        ),
+    );
     Ok(report)
 }

@@ -38,6 +38,15 @@ pub struct BenchArgs {
     /// Scenario size knob (products to seed, units for sale, messages to send…).
     #[arg(long)]
     pub size: Option<usize>,
+    /// In-process server's database: `sqlite` (a temp file) or `postgres` (a fresh database on
+    /// `MERCATO_BENCH_POSTGRES_URL`, default `postgres://postgres@127.0.0.1:5432/postgres`,
+    /// dropped afterwards).
+    #[arg(long, default_value = "sqlite")]
+    pub backend: String,
+    /// `checkout`: instead of load, buy one at a time and print the write transactions, durable
+    /// commits and SQL statements each step of a purchase costs.
+    #[arg(long)]
+    pub profile: bool,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -125,6 +134,7 @@ pub struct Target {
     pub gateway: Option<mercato_gateway_sim::GatewaySim>,
     _stop: Option<mercato_kernel::shutdown::ShutdownTrigger>,
     _dir: Option<tempfile::TempDir>,
+    pub(crate) _pg: Option<BenchDatabase>,
 }
 
 impl Drop for Target {
@@ -132,6 +142,61 @@ impl Drop for Target {
         if let Some(s) = &self._stop {
             s.trigger();
         }
+    }
+}
+
+/// A fresh PostgreSQL database for one in-process bench run, dropped afterwards.
+pub(crate) struct BenchDatabase {
+    admin: String,
+    name: String,
+}
+
+impl BenchDatabase {
+    async fn create() -> anyhow::Result<(BenchDatabase, String)> {
+        use sqlx::{Connection as _, Executor as _};
+        let admin = std::env::var("MERCATO_BENCH_POSTGRES_URL")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/postgres".into());
+        let name = format!("mercato_bench_{}", mercato_kernel::id::random_hex(6));
+        let mut conn = sqlx::PgConnection::connect(&admin).await?;
+        conn.execute(format!("CREATE DATABASE \"{name}\"").as_str())
+            .await?;
+        let _ = conn.close().await;
+        let base = admin.split_once('?').map_or(admin.as_str(), |(b, _)| b);
+        let authority = base.find("://").map_or(0, |i| i + 3);
+        let Some(slash) = base.rfind('/').filter(|&i| i > authority) else {
+            anyhow::bail!(
+                "MERCATO_BENCH_POSTGRES_URL must name a database, e.g. postgres://postgres@127.0.0.1:5432/postgres"
+            );
+        };
+        let url = format!("{}/{name}", &base[..slash]);
+        Ok((BenchDatabase { admin, name }, url))
+    }
+}
+
+impl Drop for BenchDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            // Give the stopping in-process server a moment to close its pool first.
+            std::thread::sleep(Duration::from_millis(300));
+            use sqlx::{Connection as _, Executor as _};
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let _ = conn
+                        .execute(
+                            format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)").as_str(),
+                        )
+                        .await;
+                }
+            });
+        })
+        .join();
     }
 }
 
@@ -145,12 +210,24 @@ pub async fn target(args: &BenchArgs) -> anyhow::Result<Target> {
             gateway: None,
             _stop: None,
             _dir: None,
+            _pg: None,
         });
     }
     let dir = tempfile::tempdir()?;
     let mut settings = mercato_kernel::config::Settings::load(None, std::env::vars())?;
     settings.data_dir = dir.path().to_path_buf();
-    settings.database_url = None;
+    let pg = match args.backend.as_str() {
+        "sqlite" => {
+            settings.database_url = None;
+            None
+        }
+        "postgres" => {
+            let (db, url) = BenchDatabase::create().await?;
+            settings.database_url = Some(url);
+            Some(db)
+        }
+        other => anyhow::bail!("--backend must be sqlite or postgres, not {other:?}"),
+    };
     settings.addr = "127.0.0.1:0".into();
     settings.rate_limit_ip_per_sec = 10_000_000;
     settings.rate_limit_principal_per_sec = 10_000_000;
@@ -175,6 +252,7 @@ pub async fn target(args: &BenchArgs) -> anyhow::Result<Target> {
         gateway,
         _stop: Some(stop),
         _dir: Some(dir),
+        _pg: pg,
     })
 }
 

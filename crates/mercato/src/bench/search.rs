@@ -113,6 +113,7 @@ pub(crate) async fn in_process(
         gateway,
         _stop: Some(stop),
         _dir: Some(dir),
+        _pg: None,
     };
 
     // Ready when every product is searchable and the indexer has caught up with the events

@@ -238,9 +238,17 @@ async fn reservations_prefer_the_shipping_country_and_release_and_commit_exactly
             .begin()
             .await
             .unwrap_or_else(|e| panic!("{e}"));
-        InventoryService::release_tx(&mut tx, "chk_fr", false, "test", "test", now)
-            .await
-            .unwrap_or_else(|e| panic!("{e}"));
+        InventoryService::release_tx(
+            &mut tx,
+            &*app.state.kernel.stock_gate,
+            "chk_fr",
+            false,
+            "test",
+            "test",
+            now,
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
         InventoryService::commit_tx(&mut tx, "chk_big", "ord_x", "test", now)
             .await
             .unwrap_or_else(|e| panic!("{e}"));

@@ -10,6 +10,7 @@ mod crash;
 mod docs;
 mod garbage;
 mod gateway;
+mod group_commit;
 mod health;
 mod idempotency;
 mod identity;
