@@ -171,3 +171,67 @@ impl<S: Send + Sync> FromRequestParts<S> for MaybePrincipal {
             .map(|p| MaybePrincipal(Some(p)))
     }
 }
+
+/// A set of roles a route admits (see [`Authorized`]).
+pub trait RoleSet: Send + Sync + 'static {
+    const ROLES: &'static [Role];
+}
+
+/// Admins only.
+pub struct Admins;
+impl RoleSet for Admins {
+    const ROLES: &'static [Role] = &[Role::Admin];
+}
+
+/// Admins and sellers (sellers are further limited to what they own by the service).
+pub struct Staff;
+impl RoleSet for Staff {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Seller];
+}
+
+/// Admins and server-to-server API keys.
+pub struct AdminsOrServices;
+impl RoleSet for AdminsOrServices {
+    const ROLES: &'static [Role] = &[Role::Admin, Role::Service];
+}
+
+/// Signed-in people (any role but API keys).
+pub struct People;
+impl RoleSet for People {
+    const ROLES: &'static [Role] = &[Role::Customer, Role::Seller, Role::Admin];
+}
+
+/// A principal whose role is in `R`, checked while the request's head is extracted — before
+/// any body extractor runs. Put it before the body in a handler's arguments and a caller with
+/// the wrong role gets 401/403, never a 422 that lists what the body should have been:
+///
+/// ```ignore
+/// async fn create(State(s): State<AppState>, who: Authorized<Admins>, ApiJson(b): ApiJson<X>)
+/// ```
+///
+/// Checks that need the database (ownership of a product, say) use [`crate::http::DeferredJson`]
+/// so the body is parsed only after them.
+pub struct Authorized<R: RoleSet> {
+    pub principal: Principal,
+    _roles: std::marker::PhantomData<R>,
+}
+
+impl<R: RoleSet> std::ops::Deref for Authorized<R> {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl<R: RoleSet, S: Send + Sync> FromRequestParts<S> for Authorized<R> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let principal = Principal::from_request_parts(parts, state).await?;
+        principal.require(R::ROLES)?;
+        Ok(Authorized {
+            principal,
+            _roles: std::marker::PhantomData,
+        })
+    }
+}

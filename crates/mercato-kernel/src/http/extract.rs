@@ -188,3 +188,51 @@ where
             .map(|ApiJson(v)| OptionalJson(Some(v)))
     }
 }
+
+/// A JSON body read (415 without a JSON content type, 413 above the limit) but not yet parsed:
+/// handlers whose authorization needs the database (ownership) check it first and then call
+/// [`DeferredJson::parse`], so a caller who may not act never learns what the body should be.
+#[derive(Debug, Clone)]
+pub struct DeferredJson<T> {
+    bytes: Bytes,
+    is_json: bool,
+    _t: std::marker::PhantomData<T>,
+}
+
+impl<T: DeserializeOwned> DeferredJson<T> {
+    /// Parses the body with [`ApiJson`]'s error mapping (415 without a JSON content type, 400
+    /// malformed, 422 with the field).
+    pub fn parse(self) -> Result<T, ApiError> {
+        if !self.is_json {
+            return Err(ApiError::new(Code::UnsupportedMediaType)
+                .detail("send the body as JSON with Content-Type: application/json"));
+        }
+        parse_json(&self.bytes)
+    }
+}
+
+impl<T, S> FromRequest<S> for DeferredJson<T>
+where
+    T: Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|ct| {
+                let ct = ct.to_ascii_lowercase();
+                let essence = ct.split(';').next().unwrap_or("").trim().to_owned();
+                essence == "application/json" || essence.ends_with("+json")
+            })
+            .unwrap_or(false);
+        Ok(DeferredJson {
+            bytes: read_body(req, state).await?,
+            is_json,
+            _t: std::marker::PhantomData,
+        })
+    }
+}

@@ -4,7 +4,9 @@
 mod extract;
 mod middleware;
 
-pub use extract::{ApiJson, ApiQuery, Created, OptionalJson, created, parse_id, parse_json};
+pub use extract::{
+    ApiJson, ApiQuery, Created, DeferredJson, OptionalJson, created, parse_id, parse_json,
+};
 pub use middleware::{
     ClientIp, MiddlewareConfig, apply_middleware, current_request_id, method_not_allowed,
     route_not_found,

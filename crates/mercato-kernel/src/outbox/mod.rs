@@ -39,6 +39,27 @@ impl Event {
     pub fn payload<T: serde::de::DeserializeOwned>(&self) -> anyhow::Result<T> {
         Ok(serde_json::from_value(self.data.clone())?)
     }
+
+    /// Decodes the payload of an event of type `P::TYPE` (an error for another type or a
+    /// payload that does not fit: the producer and this consumer disagree).
+    pub fn decode<P: EventPayload>(&self) -> anyhow::Result<P> {
+        if self.event_type != P::TYPE {
+            anyhow::bail!("event {} is {}, not {}", self.id, self.event_type, P::TYPE);
+        }
+        serde_json::from_value(self.data.clone())
+            .map_err(|e| anyhow::anyhow!("{} payload of event {}: {e}", P::TYPE, self.id))
+    }
+}
+
+/// The payload of one event type: the one contract its producer writes and its consumers read
+/// (payload types live in the `mercato-events` crate, shared by every system).
+pub trait EventPayload: Serialize + serde::de::DeserializeOwned + Send + Sync + 'static {
+    /// The event type, e.g. `order.confirmed`.
+    const TYPE: &'static str;
+    /// The aggregate type, e.g. `order`.
+    const AGGREGATE: &'static str;
+    /// The id of the aggregate the event is about.
+    fn aggregate_id(&self) -> &str;
 }
 
 /// An event to append.
@@ -69,6 +90,11 @@ impl NewEvent {
             correlation_id: crate::http::current_request_id(),
             causation_id: None,
         }
+    }
+
+    /// The event carrying `payload` (type, aggregate and id from its [`EventPayload`] impl).
+    pub fn of<P: EventPayload>(payload: &P) -> NewEvent {
+        NewEvent::new(P::TYPE, P::AGGREGATE, payload.aggregate_id(), payload)
     }
 
     pub fn version(mut self, v: i64) -> NewEvent {

@@ -1,0 +1,1 @@
+//! Events of the catalog system (payload types; see the crate docs).

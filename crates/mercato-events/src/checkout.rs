@@ -1,0 +1,1 @@
+//! Events of the checkout system (payload types; see the crate docs).

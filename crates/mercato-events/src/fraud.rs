@@ -1,0 +1,1 @@
+//! Events of the fraud system (payload types; see the crate docs).

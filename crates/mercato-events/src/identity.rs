@@ -1,0 +1,1 @@
+//! Events of the identity system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the inventory system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the links system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the live system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the media system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the orders system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the payments system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the promotions system (payload types; see the crate docs).

@@ -1,0 +1,1 @@
+//! Events of the webhooks system (payload types; see the crate docs).
