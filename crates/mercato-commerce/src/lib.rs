@@ -18,6 +18,7 @@ pub mod search;
 
 use axum::extract::FromRef;
 use mercato_kernel::Kernel;
+use std::sync::Arc;
 use utoipa_axum::router::OpenApiRouter;
 
 /// State shared by the commerce routes.
@@ -41,36 +42,32 @@ impl FromRef<AppState> for Kernel {
 }
 
 impl AppState {
-    /// Builds every commerce service on top of the kernel.
+    /// Builds every commerce service on top of the kernel, in dependency order: each service
+    /// receives what it uses at construction, so a missing dependency does not compile. The
+    /// graph has no cycle; the two edges that would close one are events or the caller's job
+    /// (docs/architecture.md): orders learn of refunds from `payment.refunded`, and the
+    /// gateway webhook route hands the payment it settled to checkout.
     pub fn build(
         kernel: Kernel,
         jwt_secret: &[u8],
-        gateway: std::sync::Arc<dyn gateway::PaymentGateway>,
+        gateway: Arc<dyn gateway::PaymentGateway>,
         webhook_secret: String,
     ) -> anyhow::Result<AppState> {
-        let identity = identity::IdentityService::new(kernel.clone(), jwt_secret)?;
-        let catalog = catalog::CatalogService::new(
-            kernel.clone(),
-            std::sync::Arc::new(seams::UntrackedStock),
-            std::sync::Arc::new(seams::NoOrdersYet),
-        );
-        let carts = cart::CartService::new(
-            kernel.clone(),
-            catalog.clone(),
-            std::sync::Arc::new(seams::UntrackedStock),
-        );
-        identity.set_login_hook(std::sync::Arc::new(carts.clone()));
-        // Inventory plugs into the stock seams of catalog and carts.
-        let inventory = inventory::InventoryService::new(kernel.clone(), catalog.clone());
-        catalog.set_stock_levels(std::sync::Arc::new(inventory.clone()));
-        carts.set_stock_levels(std::sync::Arc::new(inventory.clone()));
         let payments = payments::PaymentService::new(kernel.clone(), gateway, webhook_secret);
         let orders = orders::OrderService::new(kernel.clone(), payments.clone());
-        payments.set_refund_listener(std::sync::Arc::new(orders.clone()));
-        catalog.set_purchase_verifier(std::sync::Arc::new(orders.clone()));
-        kernel
-            .bus
-            .subscribe(std::sync::Arc::new(orders::OrderFlagger(orders.clone())));
+        let inventory = inventory::InventoryService::new(
+            kernel.clone(),
+            catalog::SkuDirectory::new(kernel.db.clone()),
+        );
+        let catalog = catalog::CatalogService::new(
+            kernel.clone(),
+            Arc::new(inventory.clone()),
+            Arc::new(orders.clone()),
+        );
+        let carts =
+            cart::CartService::new(kernel.clone(), catalog.clone(), Arc::new(inventory.clone()));
+        let identity =
+            identity::IdentityService::new(kernel.clone(), jwt_secret, Arc::new(carts.clone()))?;
         let checkout = checkout::CheckoutService::new(
             kernel.clone(),
             checkout::service::Parts {
@@ -81,8 +78,13 @@ impl AppState {
                 orders: orders.clone(),
             },
         )?;
-        payments.set_outcome_listener(std::sync::Arc::new(checkout.clone()));
         let search = search::SearchService::new(kernel.clone(), catalog.clone());
+        kernel
+            .bus
+            .subscribe(Arc::new(orders::OrderFlagger(orders.clone())));
+        kernel
+            .bus
+            .subscribe(Arc::new(orders::OrderRefunds(orders.clone())));
         Ok(AppState {
             kernel,
             identity,

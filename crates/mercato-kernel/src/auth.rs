@@ -6,7 +6,7 @@ use crate::error::{ApiError, Code};
 use axum::extract::{FromRequestParts, Request};
 use axum::http::{header, request::Parts};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 
@@ -118,9 +118,24 @@ pub async fn authenticate(auth: Arc<dyn Authenticator>, mut req: Request, next: 
                 "the Authorization header must be `Bearer <token>`".into(),
             ),
         };
+        // A token that is sent but refused is answered here, on every route — public ones
+        // included: a client that believes it is signed in must learn that it is not.
+        if let AuthOutcome::Refused(code, detail) = outcome {
+            return refusal(code, &detail).into_response();
+        }
         req.extensions_mut().insert(outcome);
     }
     next.run(req).await
+}
+
+fn refusal(code: Code, detail: &str) -> ApiError {
+    let e = ApiError::new(code);
+    if detail.is_empty() {
+        e
+    } else {
+        e.detail(detail.to_owned())
+    }
+    .header(header::WWW_AUTHENTICATE, "Bearer")
 }
 
 /// The principal resolved by the middleware, if the request was authenticated.
@@ -137,15 +152,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         match parts.extensions.get::<AuthOutcome>() {
             Some(AuthOutcome::Authenticated(p)) => Ok(p.clone()),
-            Some(AuthOutcome::Refused(code, detail)) => {
-                let e = ApiError::new(*code);
-                Err(if detail.is_empty() {
-                    e
-                } else {
-                    e.detail(detail.clone())
-                }
-                .header(header::WWW_AUTHENTICATE, "Bearer"))
-            }
+            Some(AuthOutcome::Refused(code, detail)) => Err(refusal(*code, detail)),
             None => Err(ApiError::new(Code::Unauthorized)
                 .detail("send `Authorization: Bearer <token>`")
                 .header(header::WWW_AUTHENTICATE, "Bearer")),
@@ -193,6 +200,12 @@ impl RoleSet for Staff {
 pub struct AdminsOrServices;
 impl RoleSet for AdminsOrServices {
     const ROLES: &'static [Role] = &[Role::Admin, Role::Service];
+}
+
+/// Customers only (reviews, checkouts).
+pub struct Customers;
+impl RoleSet for Customers {
+    const ROLES: &'static [Role] = &[Role::Customer];
 }
 
 /// Signed-in people (any role but API keys).

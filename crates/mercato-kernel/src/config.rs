@@ -155,6 +155,12 @@ settings! {
     trust_forwarded_for: bool = false;
     /// Hours an idempotency key and its stored response are kept.
     idempotency_ttl_hours: i64 = 24;
+    /// How long an in-flight Idempotency-Key claim is held without renewal (renewed every third of it while its request runs; after a crash the key is free again this soon), milliseconds.
+    idempotency_lease_ms: u64 = 5_000;
+    /// Open server-sent-event streams allowed per user (more → 429 `too_many_streams`).
+    sse_max_streams_per_user: u32 = 100;
+    /// Open server-sent-event streams allowed per client IP.
+    sse_max_streams_per_ip: u32 = 1000;
     /// Attempts before an event delivery is dead-lettered.
     outbox_max_attempts: u32 = 8;
     /// Base of the exponential backoff between event delivery attempts, milliseconds.
@@ -169,6 +175,8 @@ settings! {
     gateway_sim_hang_ms: u64 = 10_000;
     /// Latency the simulator adds to every API request, milliseconds.
     gateway_sim_latency_ms: u64 = 0;
+    /// Where the in-process gateway simulator listens (`host:port`; port 0 = any free port).
+    gateway_sim_addr: String = "127.0.0.1:0".into();
     // --- notifications ---
     /// Emails per user per hour; more are deferred to the next hour (critical types bypass).
     notify_email_per_hour: u32 = 3;

@@ -56,6 +56,7 @@ error_codes! {
     ValidationFailed => (422, "validation_failed", "The request is invalid");
     IdempotencyKeyReused => (422, "idempotency_key_reused", "This Idempotency-Key was used with a different request");
     RateLimited => (429, "rate_limited", "Too many requests");
+    TooManyStreams => (429, "too_many_streams", "Too many open streams");
     Internal => (500, "internal_error", "Something went wrong on our side");
     Unavailable => (503, "service_unavailable", "The service is temporarily unavailable");
     Overloaded => (503, "overloaded", "The server is overloaded; retry later");
@@ -83,6 +84,7 @@ error_codes! {
     CouponInvalid => (422, "coupon_invalid", "The coupon code is not valid");
     CheckoutExpired => (409, "checkout_expired", "The checkout has expired");
     CheckoutNotOpen => (409, "checkout_not_open", "The checkout is not open for payment");
+    PaymentInProgress => (409, "payment_in_progress", "A payment attempt for this checkout is still being settled; retry shortly");
     PaymentDeclined => (402, "payment_declined", "The payment was declined");
     PaymentUnavailable => (503, "payment_unavailable", "The payment provider is unavailable; nothing was charged");
     FraudBlocked => (403, "fraud_blocked", "The order was blocked by fraud checks; nothing was charged");
@@ -251,8 +253,19 @@ impl std::fmt::Display for ApiError {
     }
 }
 
+/// An error meaning "a bounded queue is full": answered 503 `overloaded` with `Retry-After`
+/// wherever it surfaces through `anyhow`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0} is overloaded")]
+pub struct Overloaded(pub &'static str);
+
 impl From<anyhow::Error> for ApiError {
     fn from(e: anyhow::Error) -> Self {
+        if e.downcast_ref::<Overloaded>().is_some() {
+            let mut err = ApiError::new(Code::Overloaded).retry_after(1);
+            err.source = Some(e);
+            return err;
+        }
         // A store error that means "try again later" surfaces as 503, not 500.
         if let Some(store) = e.downcast_ref::<crate::db::StoreError>()
             && matches!(store, crate::db::StoreError::Unavailable(_))
@@ -349,7 +362,19 @@ impl IntoResponse for ApiError {
         for (k, v) in self.headers {
             resp.headers_mut().append(k, v);
         }
+        if self.code.is_transient() {
+            // "Not decided yet, ask again": never stored for replay under an Idempotency-Key.
+            resp.extensions_mut().insert(crate::idempotency::Unsettled);
+        }
         resp
+    }
+}
+
+impl Code {
+    /// Answers that say nothing happened yet and a retry will learn the outcome; the
+    /// idempotency layer stores nothing and leaves the key to the retry.
+    pub fn is_transient(self) -> bool {
+        matches!(self, Code::PaymentInProgress)
     }
 }
 

@@ -7,7 +7,11 @@
 //! - same key, different fingerprint → 422 `idempotency_key_reused`;
 //! - same key while the first request is in flight (in any process sharing the database)
 //!   → 409 `idempotency_key_in_use` with `Retry-After`;
-//! - a claim whose lease ran out (its process died) can be taken over.
+//! - a claim whose lease ran out (its process died) can be taken over. The lease is short
+//!   (`idempotency_lease_ms`, 5 s) and renewed while the request runs, so after a crash the
+//!   key is free again within seconds;
+//! - answers that mean "not decided yet, ask again" ([`crate::error::Code::is_transient`])
+//!   release the key like 429/503 do.
 //!
 //! Handlers that can, store their response inside their own business transaction through
 //! [`Idempotency::store_in`], so the effect and the stored response commit together; for the
@@ -49,6 +53,12 @@ pub struct IdempotencyStore {
 #[derive(Clone, Copy, Debug)]
 pub struct DoNotStore;
 
+/// Marks an answer that is not the request's final outcome yet ("still being settled", 202
+/// pending): nothing is stored, and the claim is left for the next retry with the same key to
+/// take over at once — that retry is then [`IdempotencyClaim::resumed`].
+#[derive(Clone, Copy, Debug)]
+pub struct Unsettled;
+
 /// The claim of the request being served, for handlers that store the response themselves.
 #[derive(Clone, Debug)]
 pub struct IdempotencyClaim {
@@ -57,6 +67,9 @@ pub struct IdempotencyClaim {
     fingerprint: String,
     /// Status stored in the handler's transaction (0 = not stored by the handler).
     stored_status: Arc<AtomicU16>,
+    /// This request took over a claim left in flight by an earlier one (its process died, or
+    /// it answered [`Unsettled`]): a retry of the same attempt, not a new request.
+    pub resumed: bool,
 }
 
 /// Extractor: the claim when the request carried an `Idempotency-Key`.
@@ -165,7 +178,9 @@ fn valid_key(v: &HeaderValue) -> Option<String> {
 }
 
 enum Claim {
-    Claimed,
+    Claimed {
+        resumed: bool,
+    },
     Replay {
         status: u16,
         headers: String,
@@ -198,7 +213,7 @@ impl IdempotencyStore {
         .await?;
         if inserted.rows_affected() == 1 {
             tx.commit().await?;
-            return Ok(Claim::Claimed);
+            return Ok(Claim::Claimed { resumed: false });
         }
         let row = sqlx::query(&self.db.locking(
             "SELECT fingerprint, state, locked_until, expires_at, status_code, \
@@ -229,7 +244,7 @@ impl IdempotencyStore {
             .bind(key)
             .execute(&mut *tx)
             .await?;
-            Claim::Claimed
+            Claim::Claimed { resumed: false }
         } else if stored_fp != fingerprint {
             Claim::Reused
         } else if state == "completed" {
@@ -266,7 +281,7 @@ impl IdempotencyStore {
             .bind(key)
             .execute(&mut *tx)
             .await?;
-            Claim::Claimed
+            Claim::Claimed { resumed: true }
         };
         tx.commit().await?;
         Ok(outcome)
@@ -303,6 +318,39 @@ impl IdempotencyStore {
         Ok(())
     }
 
+    async fn renew(&self, claim: &IdempotencyClaim) -> StoreResult<()> {
+        let until = self.clock.now().plus(self.lease).as_micros();
+        self.db
+            .execute_write(
+                sqlx::query(
+                    "UPDATE idempotency_keys SET locked_until = $1 WHERE scope = $2 \
+                     AND idem_key = $3 AND fingerprint = $4 AND state = 'in_flight'",
+                )
+                .bind(until)
+                .bind(&claim.scope)
+                .bind(&claim.key)
+                .bind(&claim.fingerprint),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Leaves the claim in flight with its lease over, for the next retry to take over.
+    async fn abandon(&self, claim: &IdempotencyClaim) -> StoreResult<()> {
+        self.db
+            .execute_write(
+                sqlx::query(
+                    "UPDATE idempotency_keys SET locked_until = 0 WHERE scope = $1 \
+                     AND idem_key = $2 AND fingerprint = $3 AND state = 'in_flight'",
+                )
+                .bind(&claim.scope)
+                .bind(&claim.key)
+                .bind(&claim.fingerprint),
+            )
+            .await?;
+        Ok(())
+    }
+
     async fn release(&self, claim: &IdempotencyClaim) -> StoreResult<()> {
         self.db
             .execute_write(
@@ -316,6 +364,30 @@ impl IdempotencyStore {
             )
             .await?;
         Ok(())
+    }
+}
+
+/// Extends a claim's lease every third of it until dropped (also when the request future is
+/// dropped: a client that hangs up, or the timeout layer).
+struct Renewer(tokio::task::JoinHandle<()>);
+
+impl Renewer {
+    fn start(store: Arc<IdempotencyStore>, claim: IdempotencyClaim) -> Renewer {
+        Renewer(tokio::spawn(async move {
+            let every = (store.lease / 3).max(Duration::from_millis(100));
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(e) = store.renew(&claim).await {
+                    tracing::warn!(error = %e, "could not renew an idempotency lease");
+                }
+            }
+        }))
+    }
+}
+
+impl Drop for Renewer {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -376,7 +448,7 @@ pub async fn middleware(store: Arc<IdempotencyStore>, req: Request, next: Next) 
     hasher.update(&bytes);
     let fingerprint = crate::id::hex(&hasher.finalize());
 
-    match store.claim(&scope, &key, &fingerprint).await {
+    let resumed = match store.claim(&scope, &key, &fingerprint).await {
         Err(e) => return ApiError::from(e).into_response(),
         Ok(Claim::Reused) => {
             return ApiError::new(Code::IdempotencyKeyReused)
@@ -396,22 +468,33 @@ pub async fn middleware(store: Arc<IdempotencyStore>, req: Request, next: Next) 
             metrics::counter!("idempotent_replays_total").increment(1);
             return replay(status, &headers, body);
         }
-        Ok(Claim::Claimed) => {}
-    }
+        Ok(Claim::Claimed { resumed }) => resumed,
+    };
 
     let claim = IdempotencyClaim {
         scope,
         key,
         fingerprint,
         stored_status: Arc::new(AtomicU16::new(0)),
+        resumed,
     };
     let mut req = Request::from_parts(parts, Body::from(bytes));
     req.extensions_mut().insert(claim.clone());
+    // The lease is short and renewed while the handler runs, so a claim whose process died
+    // (kill -9) is free again within one lease, while a slow live request keeps it.
+    let _renewer = Renewer::start(store.clone(), claim.clone());
     let resp = next.run(req).await;
+    drop(_renewer);
     let status = resp.status();
 
     if claim.stored_status.load(Ordering::SeqCst) == status.as_u16() {
         return resp; // stored in the handler's own transaction
+    }
+    if resp.extensions().get::<Unsettled>().is_some() {
+        if let Err(e) = store.abandon(&claim).await {
+            tracing::warn!(error = %e, "could not hand an idempotency key to its retry");
+        }
+        return resp;
     }
     let release = resp.extensions().get::<DoNotStore>().is_some()
         || status == StatusCode::TOO_MANY_REQUESTS

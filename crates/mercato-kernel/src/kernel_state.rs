@@ -16,6 +16,8 @@ pub struct Kernel {
     pub rate_limiter: Arc<dyn RateLimiter>,
     /// Sheds reservations of sold-out hot SKUs (see [`crate::gate`]).
     pub stock_gate: Arc<dyn crate::gate::StockGate>,
+    /// Caps on open SSE streams per user and per IP (see [`crate::streams`]).
+    pub streams: Arc<crate::streams::StreamLimits>,
     pub failpoints: Failpoints,
 }
 

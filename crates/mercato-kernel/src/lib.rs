@@ -22,6 +22,7 @@ pub mod pagination;
 pub mod ratelimit;
 pub mod resilience;
 pub mod shutdown;
+pub mod streams;
 pub mod telemetry;
 
 pub use clock::{Clock, SharedClock, Timestamp};

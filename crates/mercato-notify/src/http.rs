@@ -17,6 +17,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use mercato_kernel::Timestamp;
+use mercato_kernel::auth::{Admins, AdminsOrServices, Authorized};
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::error::{ApiError, Code, Problem};
 use mercato_kernel::http::{ApiJson, ApiQuery};
@@ -109,7 +110,7 @@ impl From<NotificationRequest> for SendRequest {
     security(("bearer" = [])))]
 async fn send(
     State(n): State<Notifier>,
-    p: Principal,
+    p: Authorized<AdminsOrServices>,
     idem: Idempotency,
     ApiJson(req): ApiJson<NotificationRequest>,
 ) -> Result<Response, ApiError> {
@@ -148,7 +149,7 @@ pub struct BulkRequest {
     responses((status = 202, body = BulkAccepted), (status = 422, body = Problem)), security(("bearer" = [])))]
 async fn send_bulk(
     State(n): State<Notifier>,
-    p: Principal,
+    p: Authorized<AdminsOrServices>,
     ApiJson(req): ApiJson<BulkRequest>,
 ) -> Result<Response, ApiError> {
     let producer = producer(&p)?;
@@ -200,10 +201,9 @@ fn template_name(name: &str) -> Result<(), ApiError> {
     responses((status = 200, body = TemplateView), (status = 404, body = Problem)), security(("bearer" = [])))]
 async fn get_template(
     State(n): State<Notifier>,
-    p: Principal,
+    _p: Authorized<AdminsOrServices>,
     Path(name): Path<String>,
 ) -> Result<Json<TemplateView>, ApiError> {
-    p.require(&[Role::Admin, Role::Service])?;
     template_name(&name)?;
     Ok(Json(n.template(&name).await?))
 }
@@ -217,11 +217,10 @@ async fn get_template(
     security(("bearer" = [])))]
 async fn create_template(
     State(n): State<Notifier>,
-    p: Principal,
+    p: Authorized<Admins>,
     Path(name): Path<String>,
     ApiJson(input): ApiJson<TemplateInput>,
 ) -> Result<Response, ApiError> {
-    p.require(&[Role::Admin])?;
     template_name(&name)?;
     let v = n.save_template(&p.subject, &name, input, true).await?;
     Ok((StatusCode::CREATED, Json(v)).into_response())
@@ -234,11 +233,10 @@ async fn create_template(
     security(("bearer" = [])))]
 async fn put_template(
     State(n): State<Notifier>,
-    p: Principal,
+    p: Authorized<Admins>,
     Path(name): Path<String>,
     ApiJson(input): ApiJson<TemplateInput>,
 ) -> Result<Json<TemplateVariant>, ApiError> {
-    p.require(&[Role::Admin])?;
     template_name(&name)?;
     Ok(Json(
         n.save_template(&p.subject, &name, input, false).await?,
@@ -266,11 +264,10 @@ pub struct PreviewList {
     responses((status = 200, body = PreviewList), (status = 422, body = Problem)), security(("bearer" = [])))]
 async fn preview_template(
     State(n): State<Notifier>,
-    p: Principal,
+    _p: Authorized<AdminsOrServices>,
     Path(name): Path<String>,
     ApiJson(req): ApiJson<PreviewRequest>,
 ) -> Result<Json<PreviewList>, ApiError> {
-    p.require(&[Role::Admin, Role::Service])?;
     template_name(&name)?;
     let data = n
         .preview(
@@ -402,10 +399,16 @@ pub struct StreamQuery {
 async fn inbox_stream(
     State(n): State<Notifier>,
     p: Principal,
+    ip: Option<axum::Extension<mercato_kernel::http::ClientIp>>,
     headers: HeaderMap,
     ApiQuery(q): ApiQuery<StreamQuery>,
 ) -> Result<Response, ApiError> {
     let user = person(&p)?.to_owned();
+    // Counted until the stream is dropped (the client hangs up or the server stops).
+    let permit = n
+        .inner
+        .streams
+        .open(Some(&user), ip.map(|axum::Extension(i)| i.0))?;
     let last = headers
         .get("last-event-id")
         .and_then(|v| v.to_str().ok())
@@ -433,6 +436,7 @@ async fn inbox_stream(
         cursor,
         rx,
         buf: VecDeque::new(),
+        _permit: permit,
     };
     let stream = futures::stream::unfold(state, next_event);
     Ok(Sse::new(stream)
@@ -441,6 +445,7 @@ async fn inbox_stream(
 }
 
 struct StreamState {
+    _permit: mercato_kernel::streams::StreamPermit,
     n: Notifier,
     user: String,
     cursor: i64,
@@ -562,10 +567,9 @@ async fn provider_webhook(
     responses((status = 200, body = Page<DeliveryView>)), security(("bearer" = [])))]
 async fn dead_letters(
     State(n): State<Notifier>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<DeliveryView>>, ApiError> {
-    p.require(&[Role::Admin])?;
     let page = q.parse::<(i64, String)>()?;
     let rows = n.dead_letters(page.after, page.limit).await?;
     Ok(Json(Page::from_rows(rows, page.limit, |d| {
@@ -580,10 +584,9 @@ async fn dead_letters(
     security(("bearer" = [])))]
 async fn redrive(
     State(n): State<Notifier>,
-    p: Principal,
+    p: Authorized<Admins>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    p.require(&[Role::Admin])?;
     if crate::model::DeliveryId::parse(&id).is_none() {
         return Err(ApiError::not_found());
     }
@@ -643,10 +646,9 @@ pub struct StatsView {
     responses((status = 200, body = StatsView), (status = 422, body = Problem)), security(("bearer" = [])))]
 async fn stats(
     State(n): State<Notifier>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiQuery(q): ApiQuery<StatsQuery>,
 ) -> Result<Json<StatsView>, ApiError> {
-    p.require(&[Role::Admin])?;
     let parse = |field: &str, v: &Option<String>| -> Result<Option<Timestamp>, ApiError> {
         match v {
             None => Ok(None),

@@ -92,6 +92,7 @@ pub fn build(
     clock: SharedClock,
     settings: &Settings,
     directory: Arc<dyn Directory>,
+    streams: Arc<mercato_kernel::streams::StreamLimits>,
     shutdown: Shutdown,
 ) -> anyhow::Result<Notifier> {
     let cfg = NotifyConfig::from_settings(settings)?;
@@ -115,6 +116,7 @@ pub fn build(
         node: mercato_kernel::id::new_id("node"),
         express: worker::Express::default(),
         shutdown,
+        streams,
         last_purge: std::sync::atomic::AtomicI64::new(0),
     }))
 }

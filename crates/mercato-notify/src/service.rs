@@ -382,6 +382,8 @@ pub(crate) struct Inner {
     pub node: String,
     pub express: crate::worker::Express,
     pub shutdown: mercato_kernel::shutdown::Shutdown,
+    /// Caps on open inbox streams per user and IP (shared with every SSE route).
+    pub streams: Arc<mercato_kernel::streams::StreamLimits>,
     pub last_purge: std::sync::atomic::AtomicI64,
 }
 

@@ -46,7 +46,12 @@ pub fn verify(secret: &[u8], header: Option<&str>, body: &[u8], now: i64) -> Res
         }
     }
     let t = t.ok_or("the signature has no valid timestamp")?;
-    if (now - t).abs() > TOLERANCE_SECS {
+    // Checked: `t` comes from the caller (t = i64::MIN must not overflow).
+    if now
+        .checked_sub(t)
+        .and_then(i64::checked_abs)
+        .is_none_or(|d| d > TOLERANCE_SECS)
+    {
         return Err("the signature timestamp is outside the 5-minute tolerance".into());
     }
     for s in sigs {

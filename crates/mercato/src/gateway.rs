@@ -51,12 +51,15 @@ pub async fn start_gateway(settings: &Settings) -> anyhow::Result<GatewaySetup> 
                 .gateway_webhook_secret
                 .clone()
                 .unwrap_or_else(|| format!("whsec_{}", mercato_kernel::id::random_hex(24)));
-            let sim = GatewaySim::start(SimConfig {
-                api_key: settings.gateway_api_key.clone(),
-                hang: Duration::from_millis(settings.gateway_sim_hang_ms),
-                latency: Duration::from_millis(settings.gateway_sim_latency_ms),
-                ..SimConfig::default()
-            })
+            let sim = GatewaySim::bind(
+                &settings.gateway_sim_addr,
+                SimConfig {
+                    api_key: settings.gateway_api_key.clone(),
+                    hang: Duration::from_millis(settings.gateway_sim_hang_ms),
+                    latency: Duration::from_millis(settings.gateway_sim_latency_ms),
+                    ..SimConfig::default()
+                },
+            )
             .await
             .context("starting the in-process gateway simulator")?;
             tracing::info!(url = %sim.base_url(), "in-process payment gateway simulator started");

@@ -106,6 +106,7 @@ pub fn build(
         state.kernel.clock.clone(),
         &state.kernel.settings,
         std::sync::Arc::new(IdentityDirectory::new(state.identity.clone())),
+        state.kernel.streams.clone(),
         shutdown,
     )?;
     bus.subscribe(mercato_notify::consumer(&notifier));

@@ -74,7 +74,7 @@ pub fn build_router(state: AppState, notify: mercato_notify::NotifyState) -> Rou
         ttl: Duration::from_secs(
             u64::try_from(settings.idempotency_ttl_hours.max(24)).unwrap_or(24) * 3600,
         ),
-        lease: Duration::from_millis(settings.request_timeout_ms) + Duration::from_secs(5),
+        lease: Duration::from_millis(settings.idempotency_lease_ms.max(300)),
         body_limit: settings.body_limit_bytes,
     });
     let limiter = state.kernel.rate_limiter.clone();

@@ -95,7 +95,12 @@ async fn build_state_with_gateway(
         settings.jwt_secret.as_deref(),
         &settings.data_dir,
     )?;
+    let streams = Arc::new(mercato_kernel::streams::StreamLimits::new(
+        settings.sse_max_streams_per_user,
+        settings.sse_max_streams_per_ip,
+    ));
     let kernel = Kernel {
+        streams,
         settings: Arc::new(settings),
         db,
         clock: clock.clone(),
@@ -287,7 +292,10 @@ impl Application {
         } else {
             Vec::new()
         };
-        let search = self.state.search.spawn(self.shutdown.clone());
+        // The search index closes last, on its own signal, after every consumer that feeds it
+        // has stopped (else a late delivery would find it closed).
+        let (search_trigger, search_stop) = shutdown::channel();
+        let search = self.state.search.spawn(search_stop);
         let search_feed = match (&search, self.runs_workers) {
             (Some(_), false) => Some(
                 self.state
@@ -333,6 +341,7 @@ impl Application {
         if let Some(f) = search_feed {
             let _ = tokio::time::timeout(Duration::from_secs(10), f).await;
         }
+        search_trigger.trigger();
         if let Some(s) = search {
             let _ = tokio::time::timeout(Duration::from_secs(30), s).await;
         }

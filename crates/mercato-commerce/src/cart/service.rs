@@ -10,7 +10,7 @@ use mercato_kernel::error::{ApiError, Code};
 use mercato_kernel::jobs::Outcome;
 use mercato_kernel::{Currency, Kernel, Money, Timestamp};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 mercato_kernel::typed_id!(
     /// A cart; for guest carts the id is the bearer secret.
@@ -87,7 +87,7 @@ struct Inner {
     kernel: Kernel,
     store: CartStore,
     catalog: CatalogService,
-    stock: RwLock<Arc<dyn StockLevels>>,
+    stock: Arc<dyn StockLevels>,
 }
 
 impl CartService {
@@ -101,24 +101,13 @@ impl CartService {
                 store: CartStore::new(kernel.db.clone()),
                 kernel,
                 catalog,
-                stock: RwLock::new(stock),
+                stock,
             }),
         }
     }
 
-    /// Plugs in the real stock levels (inventory) at start-up.
-    pub fn set_stock_levels(&self, stock: Arc<dyn StockLevels>) {
-        if let Ok(mut s) = self.inner.stock.write() {
-            *s = stock;
-        }
-    }
-
     fn stock(&self) -> Arc<dyn StockLevels> {
-        self.inner
-            .stock
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|_| Arc::new(crate::seams::UntrackedStock))
+        self.inner.stock.clone()
     }
 
     fn now(&self) -> Timestamp {

@@ -5,9 +5,10 @@ use crate::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
-use mercato_kernel::auth::{MaybePrincipal, Principal, Role};
+use mercato_kernel::auth::MaybePrincipal;
+use mercato_kernel::auth::{Admins, Authorized, Customers, Staff};
 use mercato_kernel::error::{ApiError, Problem};
-use mercato_kernel::http::{ApiJson, ApiQuery, created};
+use mercato_kernel::http::{ApiJson, ApiQuery, DeferredJson, created};
 use mercato_kernel::pagination::{Page, PageQuery};
 use serde::{Deserialize, Serialize};
 use utoipa_axum::{router::OpenApiRouter, routes};
@@ -48,10 +49,9 @@ pub struct CategoryTree {
     security(("bearer" = [])))]
 async fn create_category(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiJson(req): ApiJson<CreateCategory>,
 ) -> Result<impl IntoResponse, ApiError> {
-    p.require(&[Role::Admin])?;
     let c = s
         .catalog
         .create_category(&req.name, &req.slug, req.parent_id.as_deref())
@@ -74,7 +74,7 @@ async fn list_categories(State(s): State<AppState>) -> Result<Json<CategoryTree>
     security(("bearer" = [])))]
 async fn create_product(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     ApiJson(input): ApiJson<ProductInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     Ok(created(s.catalog.create_product(&p, input).await?))
@@ -101,11 +101,13 @@ async fn get_product(
     security(("bearer" = [])))]
 async fn update_product(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     Path(id): Path<String>,
-    ApiJson(patch): ApiJson<ProductPatch>,
+    body: DeferredJson<ProductPatch>,
 ) -> Result<Json<Product>, ApiError> {
     product_id(&id)?;
+    s.catalog.authorize_edit(&p, &id).await?;
+    let patch = body.parse()?;
     Ok(Json(s.catalog.update_product(&p, &id, patch).await?))
 }
 
@@ -117,7 +119,7 @@ async fn update_product(
     security(("bearer" = [])))]
 async fn add_review(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Customers>,
     Path(id): Path<String>,
     ApiJson(input): ApiJson<ReviewInput>,
 ) -> Result<impl IntoResponse, ApiError> {

@@ -16,4 +16,4 @@ pub mod model;
 pub mod service;
 mod store;
 
-pub use service::{CatalogError, CatalogService, ProductSnapshot, SkuInfo};
+pub use service::{CatalogError, CatalogService, ProductSnapshot, SkuDirectory, SkuInfo};

@@ -16,7 +16,7 @@ use mercato_kernel::db::StoreError;
 use mercato_kernel::error::{ApiError, Code, Validator};
 use mercato_kernel::{Money, Timestamp};
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -114,8 +114,8 @@ pub struct CatalogService {
 struct Inner {
     kernel: Kernel,
     store: CatalogStore,
-    stock: RwLock<Arc<dyn StockLevels>>,
-    purchases: RwLock<Arc<dyn PurchaseVerifier>>,
+    stock: Arc<dyn StockLevels>,
+    purchases: Arc<dyn PurchaseVerifier>,
 }
 
 fn variant_view(v: VariantRow, available: Option<i64>) -> Variant {
@@ -173,32 +173,14 @@ impl CatalogService {
             inner: Arc::new(Inner {
                 store: CatalogStore::new(kernel.db.clone()),
                 kernel,
-                stock: RwLock::new(stock),
-                purchases: RwLock::new(purchases),
+                stock,
+                purchases,
             }),
         }
     }
 
-    /// Plugs in the real stock levels (inventory) at start-up.
-    pub fn set_stock_levels(&self, stock: Arc<dyn StockLevels>) {
-        if let Ok(mut s) = self.inner.stock.write() {
-            *s = stock;
-        }
-    }
-
-    /// Plugs in the verified-purchase rule (orders) at start-up.
-    pub fn set_purchase_verifier(&self, v: Arc<dyn PurchaseVerifier>) {
-        if let Ok(mut s) = self.inner.purchases.write() {
-            *s = v;
-        }
-    }
-
     fn stock(&self) -> Arc<dyn StockLevels> {
-        self.inner
-            .stock
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|_| Arc::new(crate::seams::UntrackedStock))
+        self.inner.stock.clone()
     }
 
     fn now(&self) -> Timestamp {
@@ -460,6 +442,18 @@ impl CatalogService {
         Ok(product_view(p, variants, &stock))
     }
 
+    /// Whether `actor` may edit product `id` (404 unknown, 403 someone else's) — checked
+    /// before the request body is read.
+    pub async fn authorize_edit(&self, actor: &Principal, id: &str) -> Result<(), CatalogError> {
+        let (current, _) = self
+            .inner
+            .store
+            .product(id)
+            .await?
+            .ok_or(CatalogError::NotFound)?;
+        self.check_can_edit(actor, &current.seller_id)
+    }
+
     pub async fn update_product(
         &self,
         actor: &Principal,
@@ -608,17 +602,9 @@ impl CatalogService {
 
     /// SKU facts for carts and checkout; unknown SKUs are absent from the map.
     pub async fn skus(&self, skus: &[String]) -> Result<HashMap<String, SkuInfo>, CatalogError> {
-        Ok(self
-            .inner
-            .store
+        SkuDirectory::new(self.inner.kernel.db.clone())
             .skus(skus)
-            .await?
-            .into_iter()
-            .map(|r| {
-                let info = SkuInfo::from(r);
-                (info.sku.clone(), info)
-            })
-            .collect())
+            .await
     }
 
     /// Products with their category ancestry, for the search index (drafts included: the
@@ -665,14 +651,7 @@ impl CatalogService {
         input.validate().map_err(CatalogError::Invalid)?;
         // Reviews are for products customers can see.
         self.product(product_id, None).await?;
-        let verifier = self
-            .inner
-            .purchases
-            .read()
-            .map(|p| p.clone())
-            .map_err(|_| {
-                CatalogError::Unexpected(anyhow::anyhow!("purchase verifier lock poisoned"))
-            })?;
+        let verifier = self.inner.purchases.clone();
         let verified = match verifier.has_received(&actor.subject, product_id).await? {
             Some(true) => true,
             Some(false) => return Err(CatalogError::NotPurchased),
@@ -710,3 +689,34 @@ impl CatalogService {
 #[derive(Debug, thiserror::Error)]
 #[error("invalid patch")]
 struct InvalidPatch(ApiError);
+
+/// SKU facts (product, seller, price) read from the catalog without the rest of the catalog
+/// service: what inventory needs to check who may manage a SKU's stock. Built before the
+/// catalog service (which depends on inventory's stock levels), so the module graph has no
+/// cycle (see docs/architecture.md).
+#[derive(Clone, Debug)]
+pub struct SkuDirectory {
+    store: CatalogStore,
+}
+
+impl SkuDirectory {
+    pub fn new(db: mercato_kernel::db::Db) -> SkuDirectory {
+        SkuDirectory {
+            store: CatalogStore::new(db),
+        }
+    }
+
+    /// The known SKUs among `skus`, by canonical SKU.
+    pub async fn skus(&self, skus: &[String]) -> Result<HashMap<String, SkuInfo>, CatalogError> {
+        Ok(self
+            .store
+            .skus(skus)
+            .await?
+            .into_iter()
+            .map(|r| {
+                let info = SkuInfo::from(r);
+                (info.sku.clone(), info)
+            })
+            .collect())
+    }
+}

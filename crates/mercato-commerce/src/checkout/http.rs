@@ -5,8 +5,10 @@ use super::service::{CreateCheckout, PayRequest, PayResult};
 use crate::AppState;
 use axum::Json;
 use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mercato_kernel::auth::{Principal, Role};
+use mercato_kernel::auth::Principal;
+use mercato_kernel::auth::{Admins, Authorized};
 use mercato_kernel::error::{ApiError, Problem};
 use mercato_kernel::http::{ApiJson, ApiQuery, created};
 use mercato_kernel::idempotency::{Idempotency, json_response};
@@ -62,7 +64,15 @@ async fn pay(
     ApiJson(req): ApiJson<PayRequest>,
 ) -> Result<Response, ApiError> {
     let r = s.checkout.pay(&id, &p, req, &idem).await?;
-    Ok(json_response(r.status, r.body))
+    let accepted = r.status == StatusCode::ACCEPTED;
+    let mut resp = json_response(r.status, r.body);
+    if accepted {
+        // 202 "pending verification" is not the final answer: a retry with the same key runs
+        // again and converges to what the gateway decided (201 or 402).
+        resp.extensions_mut()
+            .insert(mercato_kernel::idempotency::Unsettled);
+    }
+    Ok(resp)
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
@@ -78,10 +88,9 @@ pub struct SagaQuery {
     responses((status = 200, body = Page<Saga>)), security(("bearer" = [])))]
 async fn list_sagas(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiQuery(q): ApiQuery<SagaQuery>,
 ) -> Result<Json<Page<Saga>>, ApiError> {
-    p.require(&[Role::Admin])?;
     if let Some(st) = q.status.as_deref()
         && !matches!(
             st,
@@ -112,10 +121,9 @@ async fn list_sagas(
     responses((status = 200, body = Saga), (status = 404, body = Problem)), security(("bearer" = [])))]
 async fn retry_saga(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     Path(id): Path<String>,
 ) -> Result<Json<Saga>, ApiError> {
-    p.require(&[Role::Admin])?;
     if !mercato_kernel::id::is_valid("sga", &id) {
         return Err(ApiError::not_found());
     }

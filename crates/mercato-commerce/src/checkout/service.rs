@@ -579,6 +579,58 @@ impl CheckoutService {
         }
     }
 
+    /// The answer to a pay retried after its attempt already started: settle the attempt now
+    /// if it is still open (asking the gateway, as recovery does), then answer what the
+    /// attempt came to — 201 with its order, 202 pending verification, 402/403 as refused. While
+    /// the gateway cannot say yet: 409 `payment_in_progress` (never stored for replay).
+    async fn converge(
+        &self,
+        c: &CheckoutRow,
+        idem: &Idempotency,
+    ) -> Result<PayResponse, CheckoutError> {
+        let Some(payment_id) = c.payment_id.clone() else {
+            return Err(api(
+                ApiError::new(Code::CheckoutNotOpen).with("checkout_status", c.status.as_str())
+            ));
+        };
+        if matches!(
+            c.status,
+            CheckoutStatus::Paying | CheckoutStatus::PendingVerification
+        ) {
+            self.settle_payment(&payment_id).await?;
+        }
+        let current = self
+            .inner
+            .store
+            .checkout(&c.id)
+            .await?
+            .ok_or(CheckoutError::NotFound)?;
+        if current.status == CheckoutStatus::Paying {
+            return Err(api(ApiError::new(Code::PaymentInProgress)
+                .detail("the gateway has not settled this payment yet; retry with the same Idempotency-Key")
+                .retry_after(2)));
+        }
+        if current.status == CheckoutStatus::Failed
+            && current.failure_code.as_deref() == Some("fraud_blocked")
+        {
+            let body = ApiError::new(Code::FraudBlocked).to_body();
+            return Ok(PayResponse {
+                status: StatusCode::FORBIDDEN,
+                body,
+            });
+        }
+        let payment = self
+            .inner
+            .payments
+            .payment_row(&payment_id)
+            .await
+            .map_err(api)?;
+        // The idempotency layer stores the final answer (201/402) for replay; 202 is not
+        // final and is never stored (see the pay handler).
+        let _ = idem;
+        self.settled_outcome(&c.id, &payment).await
+    }
+
     /// Runs the saga for one payment attempt (`Idempotency-Key` required).
     pub async fn pay(
         &self,
@@ -614,6 +666,21 @@ impl CheckoutService {
         match c.status {
             CheckoutStatus::Open => {}
             CheckoutStatus::Expired => return Err(api(ApiError::new(Code::CheckoutExpired))),
+            // A retry (after a crash, a timeout, a lost answer) of an attempt already made:
+            // converge to that attempt's real outcome instead of refusing.
+            // In flight (any key: the attempt is settled now, never run twice), or settled
+            // while this key's earlier request died or was told to retry (the same key only:
+            // a new key on a finished checkout is 409 `checkout_not_open`).
+            CheckoutStatus::Paying | CheckoutStatus::PendingVerification
+                if c.payment_id.is_some() =>
+            {
+                return self.converge(&c, idem).await;
+            }
+            CheckoutStatus::Completed | CheckoutStatus::Failed
+                if c.payment_id.is_some() && idem.0.as_ref().is_some_and(|k| k.resumed) =>
+            {
+                return self.converge(&c, idem).await;
+            }
             other => {
                 return Err(api(ApiError::new(Code::CheckoutNotOpen)
                     .detail(format!("the checkout is {}", other.as_str()))
@@ -806,7 +873,7 @@ impl CheckoutService {
                 .await
             }
             Ok(ChargeOutcome::Unknown { reason }) => {
-                self.settle_unknown(&saga.id, &c, &payment, &reason, Some(idem))
+                self.settle_unknown(&saga.id, &c, &payment, &reason, None)
                     .await
             }
             Err(GatewayError::Unavailable { .. }) => {
@@ -849,7 +916,7 @@ impl CheckoutService {
             }
             Err(other) => {
                 let reason = other.to_string();
-                self.settle_unknown(&saga.id, &c, &payment, &reason, Some(idem))
+                self.settle_unknown(&saga.id, &c, &payment, &reason, None)
                     .await
             }
         }
@@ -1533,14 +1600,5 @@ impl CheckoutService {
             self.settle_payment(pid).await?;
         }
         self.saga(id).await
-    }
-}
-
-#[async_trait::async_trait]
-impl crate::payments::OutcomeListener for CheckoutService {
-    async fn outcome_known(&self, payment_id: &str) {
-        if let Err(e) = self.settle_payment(payment_id).await {
-            tracing::warn!(payment = payment_id, error = %e, "settling after a webhook failed; reconciliation will retry");
-        }
     }
 }

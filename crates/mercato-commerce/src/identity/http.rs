@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use mercato_kernel::auth::{Admins, Authorized};
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::error::{ApiError, Problem};
 use mercato_kernel::http::{ApiJson, ApiQuery, ClientIp, created};
@@ -169,10 +170,9 @@ pub struct ApiKeyList {
     responses((status = 201, body = CreatedApiKey), (status = 403, body = Problem)), security(("bearer" = [])))]
 async fn create_api_key(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Admins>,
     ApiJson(req): ApiJson<CreateApiKey>,
 ) -> Result<Response, ApiError> {
-    p.require(&[Role::Admin])?;
     let (key, secret) = s.identity.create_api_key(&p, &req.name, req.role).await?;
     let mut resp = created(CreatedApiKey { key, secret }).into_response();
     // The secret is shown once: it is never stored for idempotent replay.
@@ -185,9 +185,8 @@ async fn create_api_key(
     responses((status = 200, body = ApiKeyList)), security(("bearer" = [])))]
 async fn list_api_keys(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
 ) -> Result<Json<ApiKeyList>, ApiError> {
-    p.require(&[Role::Admin])?;
     Ok(Json(ApiKeyList {
         data: s.identity.api_keys().await?,
     }))
@@ -198,10 +197,9 @@ async fn list_api_keys(
     responses((status = 200, body = ApiKey), (status = 404, body = Problem)), security(("bearer" = [])))]
 async fn revoke_api_key(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Admins>,
     Path(id): Path<String>,
 ) -> Result<Json<ApiKey>, ApiError> {
-    p.require(&[Role::Admin])?;
     if !mercato_kernel::id::is_valid("key", &id) {
         return Err(ApiError::not_found());
     }
@@ -213,10 +211,9 @@ async fn revoke_api_key(
     responses((status = 200, body = Page<User>)), security(("bearer" = [])))]
 async fn list_users(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<User>>, ApiError> {
-    p.require(&[Role::Admin])?;
     let page = q.parse::<(i64, String)>()?;
     let rows = s.identity.list_users(page.after, page.limit).await?;
     Ok(Json(Page::from_rows(rows, page.limit, |u| {
@@ -229,10 +226,9 @@ async fn list_users(
     responses((status = 200, body = User), (status = 404, body = Problem)), security(("bearer" = [])))]
 async fn get_user(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     Path(id): Path<String>,
 ) -> Result<Json<User>, ApiError> {
-    p.require(&[Role::Admin])?;
     if !mercato_kernel::id::is_valid("usr", &id) {
         return Err(ApiError::not_found());
     }
@@ -251,11 +247,10 @@ pub struct UpdateUser {
     responses((status = 200, body = User), (status = 404, body = Problem)), security(("bearer" = [])))]
 async fn update_user(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Admins>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<UpdateUser>,
 ) -> Result<Json<User>, ApiError> {
-    p.require(&[Role::Admin])?;
     if !mercato_kernel::id::is_valid("usr", &id) {
         return Err(ApiError::not_found());
     }

@@ -14,7 +14,7 @@ use mercato_kernel::ratelimit::Quota;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use std::net::IpAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// The prefix of every API key secret (lets scanners and our authenticator recognise them).
@@ -120,7 +120,8 @@ struct Inner {
     store: IdentityStore,
     tokens: TokenSigner,
     hasher: PasswordHasher,
-    login_hook: RwLock<Option<Arc<dyn LoginHook>>>,
+    /// Run after each login (carts merge the guest cart); passed at construction.
+    login_hook: Arc<dyn LoginHook>,
     /// Role and status per user as last read: user id → (role, status, read at).
     principals: std::sync::Mutex<std::collections::HashMap<String, (String, String, Instant)>>,
 }
@@ -135,7 +136,11 @@ fn sha256_hex(s: &str) -> String {
 }
 
 impl IdentityService {
-    pub fn new(kernel: Kernel, jwt_secret: &[u8]) -> anyhow::Result<IdentityService> {
+    pub fn new(
+        kernel: Kernel,
+        jwt_secret: &[u8],
+        login_hook: Arc<dyn LoginHook>,
+    ) -> anyhow::Result<IdentityService> {
         let s = &kernel.settings;
         let hasher = PasswordHasher::new(s.password_hash_memory_kib, s.password_hash_iterations)?;
         let tokens = TokenSigner::new(jwt_secret, s.jwt_ttl_secs);
@@ -145,17 +150,10 @@ impl IdentityService {
                 kernel,
                 tokens,
                 hasher,
-                login_hook: RwLock::new(None),
+                login_hook,
                 principals: std::sync::Mutex::new(std::collections::HashMap::new()),
             }),
         })
-    }
-
-    /// Installs the hook run after each login (one at a time; the last one wins).
-    pub fn set_login_hook(&self, hook: Arc<dyn LoginHook>) {
-        if let Ok(mut h) = self.inner.login_hook.write() {
-            *h = Some(hook);
-        }
     }
 
     fn now(&self) -> mercato_kernel::Timestamp {
@@ -309,12 +307,11 @@ impl IdentityService {
         if creds.user.status == UserStatus::Suspended {
             return Err(IdentityError::Suspended);
         }
-        let hook = self.inner.login_hook.read().ok().and_then(|h| h.clone());
-        if let Some(hook) = hook {
-            hook.on_login(&creds.user.id, guest_cart_id)
-                .await
-                .map_err(IdentityError::Invalid)?;
-        }
+        self.inner
+            .login_hook
+            .on_login(&creds.user.id, guest_cart_id)
+            .await
+            .map_err(IdentityError::Invalid)?;
         metrics::counter!("logins_total", "outcome" => "ok").increment(1);
         Ok(self.session(creds.user))
     }
@@ -517,6 +514,8 @@ impl Authenticator for IdentityService {
                 TokenError::Expired => {
                     ApiError::new(Code::InvalidToken).detail("the access token has expired")
                 }
+                TokenError::NotYetValid => ApiError::new(Code::InvalidToken)
+                    .detail("the access token is not valid yet (iat or nbf in the future)"),
                 _ => ApiError::new(Code::InvalidToken),
             })?;
         if !mercato_kernel::id::is_valid("usr", &claims.sub) {

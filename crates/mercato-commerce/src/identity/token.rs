@@ -20,8 +20,14 @@ pub struct Claims {
     pub role: String,
     pub iat: i64,
     pub exp: i64,
+    /// Not before (optional; we never issue it, but a token that carries it is held to it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nbf: Option<i64>,
     pub jti: String,
 }
+
+/// Clock skew tolerated for `iat`/`nbf` in the future (between nodes, or a client's clock).
+pub const LEEWAY_SECS: i64 = 60;
 
 #[derive(Debug, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -31,6 +37,8 @@ pub enum TokenError {
     BadSignature,
     #[error("token expired")]
     Expired,
+    #[error("token not yet valid")]
+    NotYetValid,
 }
 
 #[derive(Clone)]
@@ -65,14 +73,19 @@ impl TokenSigner {
     }
 
     pub fn issue(&self, subject: &str, role: Role, now: Timestamp) -> String {
-        let claims = Claims {
+        self.sign(&Claims {
             sub: subject.to_owned(),
             role: role.as_str().to_owned(),
             iat: now.as_unix_secs(),
             exp: now.as_unix_secs() + self.ttl_secs,
+            nbf: None,
             jti: mercato_kernel::id::random_hex(8),
-        };
-        let payload = serde_json::to_vec(&claims).unwrap_or_default();
+        })
+    }
+
+    /// Signs the given claims as they are (tests use it to build odd but well-signed tokens).
+    pub fn sign(&self, claims: &Claims) -> String {
+        let payload = serde_json::to_vec(claims).unwrap_or_default();
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(HEADER),
@@ -116,8 +129,13 @@ impl TokenSigner {
             .decode(p)
             .map_err(|_| TokenError::Malformed)?;
         let claims: Claims = serde_json::from_slice(&payload).map_err(|_| TokenError::Malformed)?;
-        if claims.exp <= now.as_unix_secs() {
+        let now = now.as_unix_secs();
+        if claims.exp <= now {
             return Err(TokenError::Expired);
+        }
+        let not_before = claims.nbf.unwrap_or(claims.iat).max(claims.iat);
+        if not_before > now.saturating_add(LEEWAY_SECS) {
+            return Err(TokenError::NotYetValid);
         }
         Ok(claims)
     }
@@ -166,5 +184,30 @@ mod tests {
         for g in ["", "a", "a.b", "a.b.c.d", "....", "é.é.é"] {
             assert!(s.verify(g, now()).is_err());
         }
+    }
+
+    #[test]
+    fn tokens_from_the_future_are_refused_beyond_the_leeway() {
+        let s = TokenSigner::new(b"0123456789abcdef0123456789abcdef", 60);
+        let at = |iat: i64, nbf: Option<i64>| {
+            s.sign(&Claims {
+                sub: "usr_1".into(),
+                role: "admin".into(),
+                iat: now().as_unix_secs() + iat,
+                exp: now().as_unix_secs() + 3600,
+                nbf: nbf.map(|n| now().as_unix_secs() + n),
+                jti: "j".into(),
+            })
+        };
+        assert!(s.verify(&at(LEEWAY_SECS - 1, None), now()).is_ok());
+        assert_eq!(
+            s.verify(&at(LEEWAY_SECS + 1, None), now()),
+            Err(TokenError::NotYetValid)
+        );
+        assert_eq!(
+            s.verify(&at(0, Some(3000)), now()),
+            Err(TokenError::NotYetValid)
+        );
+        assert!(s.verify(&at(0, Some(-10)), now()).is_ok());
     }
 }

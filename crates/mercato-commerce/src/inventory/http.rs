@@ -7,7 +7,8 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use mercato_kernel::auth::{MaybePrincipal, Principal, Role};
+use mercato_kernel::auth::{Admins, Authorized, Staff};
+use mercato_kernel::auth::{MaybePrincipal, Role};
 use mercato_kernel::error::{ApiError, Problem};
 use mercato_kernel::http::{ApiJson, ApiQuery, created};
 use mercato_kernel::pagination::{Page, PageQuery};
@@ -44,10 +45,9 @@ pub struct WarehouseList {
     security(("bearer" = [])))]
 async fn create_warehouse(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiJson(req): ApiJson<CreateWarehouse>,
 ) -> Result<impl IntoResponse, ApiError> {
-    p.require(&[Role::Admin])?;
     Ok(created(
         s.inventory
             .create_warehouse(&req.code, &req.name, &req.country, req.region.as_deref())
@@ -60,9 +60,8 @@ async fn create_warehouse(
     responses((status = 200, body = WarehouseList)), security(("bearer" = [])))]
 async fn list_warehouses(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Staff>,
 ) -> Result<Json<WarehouseList>, ApiError> {
-    p.require(&[Role::Admin, Role::Seller])?;
     Ok(Json(WarehouseList {
         data: s.inventory.warehouses().await?,
     }))
@@ -83,7 +82,7 @@ pub struct SetStock {
     security(("bearer" = [])))]
 async fn set_stock(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     Path((sku, warehouse_id)): Path<(String, String)>,
     ApiJson(req): ApiJson<SetStock>,
 ) -> Result<Json<StockLevel>, ApiError> {
@@ -123,7 +122,7 @@ pub struct AdjustmentResult {
     security(("bearer" = [])))]
 async fn adjust_stock(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     Path(sku): Path<String>,
     ApiJson(req): ApiJson<Adjustment>,
 ) -> Result<impl IntoResponse, ApiError> {
@@ -198,11 +197,10 @@ async fn get_stock(
     security(("bearer" = [])))]
 async fn list_movements(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     Path(sku): Path<String>,
     ApiQuery(q): ApiQuery<PageQuery>,
 ) -> Result<Json<Page<Movement>>, ApiError> {
-    p.require(&[Role::Admin, Role::Seller])?;
     let level = s.inventory.level(&sku).await?;
     if p.role == Role::Seller {
         let infos = s.catalog.skus(std::slice::from_ref(&level.sku)).await?;

@@ -6,7 +6,7 @@ use super::model::{
     WarehouseStock,
 };
 use super::store::{InventoryStore, Shortfall, StockAfter, StockRefusal};
-use crate::catalog::CatalogService;
+use crate::catalog::SkuDirectory;
 use crate::seams::StockLevels;
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::db::{StoreError, Tx};
@@ -68,11 +68,11 @@ pub struct InventoryService {
 struct Inner {
     kernel: Kernel,
     store: InventoryStore,
-    catalog: CatalogService,
+    catalog: SkuDirectory,
 }
 
 impl InventoryService {
-    pub fn new(kernel: Kernel, catalog: CatalogService) -> InventoryService {
+    pub fn new(kernel: Kernel, catalog: SkuDirectory) -> InventoryService {
         InventoryService {
             inner: Arc::new(Inner {
                 store: InventoryStore::new(kernel.db.clone()),
@@ -174,6 +174,10 @@ impl InventoryService {
             StockRefusal::UnknownWarehouse => {
                 InventoryError::Invalid(ApiError::invalid("warehouse_id", "no such warehouse"))
             }
+            StockRefusal::AboveCap { on_hand } => InventoryError::Invalid(ApiError::invalid(
+                "delta",
+                format!("on_hand ({on_hand}) plus delta would exceed the cap of {MAX_ON_HAND}"),
+            )),
         }
     }
 
@@ -216,7 +220,7 @@ impl InventoryService {
     ) -> Result<StockAfter, InventoryError> {
         let mut v = Validator::new();
         v.check(
-            delta != 0 && delta.abs() <= MAX_ON_HAND,
+            delta != 0 && delta.checked_abs().is_some_and(|a| a <= MAX_ON_HAND),
             "delta",
             "delta must be non-zero and at most 1000000000 in size",
         );

@@ -43,6 +43,10 @@ pub enum StockRefusal {
         reserved: i64,
     },
     UnknownWarehouse,
+    /// The change would take on_hand past the cap that setting stock enforces.
+    AboveCap {
+        on_hand: i64,
+    },
 }
 
 fn g(e: sqlx::Error) -> StoreError {
@@ -357,12 +361,14 @@ impl InventoryStore {
         let row: Option<(i64, i64, i64)> = sqlx::query_as(
             "UPDATE stock SET on_hand = on_hand + $1, updated_at = $2 \
              WHERE sku = $3 AND warehouse_id = $4 AND on_hand + $1 >= reserved \
+             AND on_hand + $1 <= $5 \
              RETURNING on_hand, reserved, low_stock_threshold",
         )
         .bind(delta)
         .bind(now.as_micros())
         .bind(sku)
         .bind(warehouse_id)
+        .bind(super::model::MAX_ON_HAND)
         .fetch_optional(&mut *tx)
         .await?;
         let after = match row {
@@ -380,6 +386,11 @@ impl InventoryStore {
                 .fetch_optional(&mut *tx)
                 .await?;
                 match existing {
+                    Some((on_hand, _))
+                        if on_hand.saturating_add(delta) > super::model::MAX_ON_HAND =>
+                    {
+                        return Ok(Err(StockRefusal::AboveCap { on_hand }));
+                    }
                     Some((on_hand, reserved)) => {
                         return Ok(Err(StockRefusal::BelowReserved { on_hand, reserved }));
                     }

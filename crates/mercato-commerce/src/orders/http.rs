@@ -8,9 +8,10 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use mercato_kernel::Timestamp;
+use mercato_kernel::auth::{Admins, Authorized, Staff};
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::error::{ApiError, Problem};
-use mercato_kernel::http::{ApiJson, ApiQuery, created};
+use mercato_kernel::http::{ApiJson, ApiQuery, DeferredJson, created};
 use mercato_kernel::outbox::AuditEntry;
 use mercato_kernel::pagination::{Page, PageQuery};
 use serde::Deserialize;
@@ -121,9 +122,12 @@ async fn cancel_order(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ReasonBody>,
+    body: DeferredJson<ReasonBody>,
 ) -> Result<Json<Order>, ApiError> {
     order_id(&id)?;
+    // Someone else's order is 404 before the body is looked at.
+    s.orders.view(&id, &p).await?;
+    let req = body.parse()?;
     Ok(Json(s.orders.cancel(&p, &id, &req.reason).await?))
 }
 
@@ -132,7 +136,7 @@ async fn cancel_order(
     responses((status = 200, body = Order), (status = 409, body = Problem)), security(("bearer" = [])))]
 async fn fulfil_order(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     Path(id): Path<String>,
 ) -> Result<Json<Order>, ApiError> {
     order_id(&id)?;
@@ -152,11 +156,13 @@ pub struct ShipBody {
     security(("bearer" = [])))]
 async fn ship_order(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ShipBody>,
+    body: DeferredJson<ShipBody>,
 ) -> Result<Json<Order>, ApiError> {
     order_id(&id)?;
+    s.orders.view(&id, &p).await?;
+    let req = body.parse()?;
     Ok(Json(
         s.orders
             .ship(&p, &id, &req.carrier, &req.tracking_number)
@@ -169,7 +175,7 @@ async fn ship_order(
     responses((status = 200, body = Order), (status = 409, body = Problem)), security(("bearer" = [])))]
 async fn deliver_order(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Staff>,
     Path(id): Path<String>,
 ) -> Result<Json<Order>, ApiError> {
     order_id(&id)?;
@@ -191,9 +197,11 @@ async fn request_return(
     State(s): State<AppState>,
     p: Principal,
     Path(id): Path<String>,
-    ApiJson(req): ApiJson<ReturnBody>,
+    body: DeferredJson<ReturnBody>,
 ) -> Result<impl IntoResponse, ApiError> {
     order_id(&id)?;
+    s.orders.view(&id, &p).await?;
+    let req = body.parse()?;
     Ok(created(
         s.orders
             .request_return(&p, &id, req.items, &req.reason)
@@ -222,10 +230,9 @@ async fn get_return(
     responses((status = 200, body = ReturnRequest), (status = 409, body = Problem)), security(("bearer" = [])))]
 async fn approve_return(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Admins>,
     Path(id): Path<String>,
 ) -> Result<Json<ReturnRequest>, ApiError> {
-    p.require(&[Role::Admin])?;
     return_id(&id)?;
     Ok(Json(s.orders.approve_return(&p, &id).await?))
 }
@@ -235,11 +242,10 @@ async fn approve_return(
     responses((status = 200, body = ReturnRequest), (status = 409, body = Problem)), security(("bearer" = [])))]
 async fn reject_return(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Admins>,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<ReasonBody>,
 ) -> Result<Json<ReturnRequest>, ApiError> {
-    p.require(&[Role::Admin])?;
     return_id(&id)?;
     Ok(Json(s.orders.reject_return(&p, &id, &req.reason).await?))
 }
@@ -259,10 +265,9 @@ pub struct SalesQuery {
     responses((status = 200, body = SalesReport), (status = 422, body = Problem)), security(("bearer" = [])))]
 async fn sales_report(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiQuery(q): ApiQuery<SalesQuery>,
 ) -> Result<Json<SalesReport>, ApiError> {
-    p.require(&[Role::Admin])?;
     let now = s.kernel.clock.now();
     let parse =
         |field: &str, v: &Option<String>, default: Timestamp| -> Result<Timestamp, ApiError> {
@@ -297,10 +302,9 @@ pub struct AuditQuery {
     responses((status = 200, body = Page<AuditEntry>)), security(("bearer" = [])))]
 async fn audit_trail(
     State(s): State<AppState>,
-    p: Principal,
+    _p: Authorized<Admins>,
     ApiQuery(q): ApiQuery<AuditQuery>,
 ) -> Result<Json<Page<AuditEntry>>, ApiError> {
-    p.require(&[Role::Admin])?;
     let page = PageQuery {
         limit: q.limit,
         cursor: q.cursor,

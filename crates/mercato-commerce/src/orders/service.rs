@@ -9,7 +9,7 @@ use super::model::{
 };
 use super::store::{ListFilter, NewOrder, OrderRow, OrderStore};
 use crate::inventory::InventoryService;
-use crate::payments::{PaymentService, RefundListener, model::Refund, store::PaymentRow};
+use crate::payments::PaymentService;
 use crate::seams::PurchaseVerifier;
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::db::{StoreError, Tx};
@@ -1019,41 +1019,61 @@ impl PurchaseVerifier for OrderService {
     }
 }
 
+/// Records refunds on orders, from `payment.refunded` (payments never call orders back): a
+/// return's refund moves the order returned → refunded; a cancellation's or an admin's refund
+/// is announced as `order.refunded`. Delivered at least once; a redelivery of a return's
+/// refund finds the order already refunded and changes nothing.
+pub struct OrderRefunds(pub OrderService);
+
 #[async_trait::async_trait]
-impl RefundListener for OrderService {
-    async fn refund_succeeded(&self, refund: &Refund, payment: &PaymentRow) {
-        let Some(order_id) = payment.order_id.clone() else {
-            return;
+impl EventHandler for OrderRefunds {
+    fn name(&self) -> &str {
+        "orders.refunds"
+    }
+    fn interested_in(&self, event_type: &str) -> bool {
+        event_type == "payment.refunded"
+    }
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let Some(order_id) = event.data.get("order_id").and_then(|v| v.as_str()) else {
+            return Ok(());
         };
-        let result: anyhow::Result<()> = async {
-            if refund.source == "return" {
-                self.mark_refunded(&order_id, "system", json!({"amount": refund.amount, "refund_id": refund.id, "source": refund.source}))
-                    .await?;
-            } else {
-                // Cancellations and admin refunds do not move the status: announce the money.
-                let o = self.row(&order_id).await?;
-                let items = self.inner.store.items(&order_id, o.currency).await?;
-                let now = self.now();
-                let mut tx = self.db().begin().await?;
-                outbox::append(
-                    &mut tx,
-                    now,
-                    NewEvent::new(
-                        "order.refunded",
-                        "order",
-                        &order_id,
-                        OrderStore::event_data(&o, &items, json!({"amount": refund.amount, "refund_id": refund.id, "source": refund.source})),
-                    ),
-                )
-                .await?;
-                tx.commit().await?;
+        let source = event
+            .data
+            .get("source")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default();
+        let extra = json!({"amount": event.data.get("amount"), "refund_id": event.data.get("refund_id"), "source": source});
+        let svc = &self.0;
+        let o = match svc.row(order_id).await {
+            Ok(o) => o,
+            Err(OrderError::NotFound) => return Ok(()),
+            Err(e) => return Err(anyhow::anyhow!("{e}")),
+        };
+        if source == "return" {
+            if o.status == OrderStatus::Returned {
+                svc.mark_refunded(order_id, "system", extra)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
-            Ok(())
+            return Ok(());
         }
-        .await;
-        if let Err(e) = result {
-            tracing::error!(order = %order_id, error = %format!("{e:#}"), "recording a refund on the order failed");
-        }
+        // Cancellations and admin refunds do not move the status: announce the money.
+        let items = svc.inner.store.items(order_id, o.currency).await?;
+        let now = svc.now();
+        let mut tx = svc.db().begin().await?;
+        outbox::append(
+            &mut tx,
+            now,
+            NewEvent::new(
+                "order.refunded",
+                "order",
+                order_id,
+                OrderStore::event_data(&o, &items, extra),
+            ),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
     }
 }
 

@@ -8,7 +8,8 @@ use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use mercato_kernel::Money;
-use mercato_kernel::auth::{Principal, Role};
+use mercato_kernel::auth::Principal;
+use mercato_kernel::auth::{Admins, Authorized};
 use mercato_kernel::error::{ApiError, Problem};
 use mercato_kernel::http::ApiJson;
 use mercato_kernel::idempotency::Idempotency;
@@ -57,12 +58,11 @@ pub struct RefundBody {
     security(("bearer" = [])))]
 async fn create_refund(
     State(s): State<AppState>,
-    p: Principal,
+    p: Authorized<Admins>,
     idem: Idempotency,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<RefundBody>,
 ) -> Result<impl IntoResponse, ApiError> {
-    p.require(&[Role::Admin])?;
     idem.require()?;
     payment_id(&id)?;
     let request_key = idem.key().unwrap_or_default().to_owned();
@@ -87,6 +87,11 @@ async fn gateway_webhook(
     let signature = headers
         .get("mercato-signature")
         .and_then(|v| v.to_str().ok());
-    s.payments.handle_webhook(signature, &body).await?;
+    if let Some(payment_id) = s.payments.handle_webhook(signature, &body).await?
+        && let Err(e) = s.checkout.settle_payment(&payment_id).await
+    {
+        // Reconciliation will settle it; the gateway need not resend.
+        tracing::warn!(payment = %payment_id, error = %e, "settling after a webhook failed; reconciliation will retry");
+    }
     Ok(Json(serde_json::json!({"received": true})))
 }

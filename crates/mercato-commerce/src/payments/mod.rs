@@ -17,4 +17,4 @@ pub mod model;
 pub mod service;
 pub mod store;
 
-pub use service::{OutcomeListener, PaymentError, PaymentService, RefundListener, Resolution};
+pub use service::{PaymentError, PaymentService, Resolution};

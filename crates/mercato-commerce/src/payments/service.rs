@@ -18,7 +18,7 @@ use mercato_kernel::jobs::Outcome;
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Kernel, Money, Timestamp};
 use serde_json::json;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// Attempts before a refund the gateway keeps failing to answer is given up (then visible as
@@ -76,18 +76,6 @@ pub enum Resolution {
     Absent,
 }
 
-/// Told when a refund went through (orders move returned → refunded, announce refunds).
-#[async_trait::async_trait]
-pub trait RefundListener: Send + Sync + 'static {
-    async fn refund_succeeded(&self, refund: &Refund, payment: &PaymentRow);
-}
-
-/// Told when a webhook reveals the outcome of a payment we were unsure about.
-#[async_trait::async_trait]
-pub trait OutcomeListener: Send + Sync + 'static {
-    async fn outcome_known(&self, payment_id: &str);
-}
-
 #[derive(Clone)]
 pub struct PaymentService {
     inner: Arc<Inner>,
@@ -98,8 +86,6 @@ struct Inner {
     store: PaymentStore,
     gateway: Arc<dyn PaymentGateway>,
     webhook_secret: String,
-    refund_listener: RwLock<Option<Arc<dyn RefundListener>>>,
-    outcome_listener: RwLock<Option<Arc<dyn OutcomeListener>>>,
 }
 
 impl PaymentService {
@@ -114,21 +100,7 @@ impl PaymentService {
                 kernel,
                 gateway,
                 webhook_secret,
-                refund_listener: RwLock::new(None),
-                outcome_listener: RwLock::new(None),
             }),
-        }
-    }
-
-    pub fn set_refund_listener(&self, l: Arc<dyn RefundListener>) {
-        if let Ok(mut g) = self.inner.refund_listener.write() {
-            *g = Some(l);
-        }
-    }
-
-    pub fn set_outcome_listener(&self, l: Arc<dyn OutcomeListener>) {
-        if let Ok(mut g) = self.inner.outcome_listener.write() {
-            *g = Some(l);
         }
     }
 
@@ -583,18 +555,9 @@ impl PaymentService {
                     .refund_succeeded(&r, &gref, p.order_id.as_deref(), &p.customer_id, self.now())
                     .await?;
                 metrics::counter!("payments_refunds_total", "outcome" => "succeeded").increment(1);
-                if recorded {
-                    let listener = self
-                        .inner
-                        .refund_listener
-                        .read()
-                        .ok()
-                        .and_then(|l| l.clone());
-                    if let Some(l) = listener {
-                        let done = self.refund_row(refund_id).await?;
-                        l.refund_succeeded(&done.refund, &p).await;
-                    }
-                }
+                // Orders learn of it from `payment.refunded` (written with the success): a
+                // return moves to refunded, a cancellation announces the money.
+                let _ = recorded;
             }
             Ok(RefundOutcome::Rejected { code }) => {
                 metrics::counter!("payments_refunds_total", "outcome" => "rejected").increment(1);
@@ -717,13 +680,14 @@ impl PaymentService {
     }
 
     /// Handles a signed gateway webhook: verifies it (400 on a bad signature, nothing
-    /// changes), ignores replays by event id, records chargebacks, and hands unsure payments'
-    /// news to reconciliation.
+    /// changes), ignores replays by event id, records chargebacks. Returns the id of a payment
+    /// we were unsure about whose outcome the gateway now reports: the caller settles it
+    /// (checkout's saga), so payments never calls back into checkout.
     pub async fn handle_webhook(
         &self,
         signature: Option<&str>,
         body: &[u8],
-    ) -> Result<(), PaymentError> {
+    ) -> Result<Option<String>, PaymentError> {
         let now = self.now();
         // Signatures carry the gateway's wall-clock time, so they are checked against the
         // wall clock, not the (possibly test-driven) service clock.
@@ -772,7 +736,7 @@ impl PaymentService {
             _ => false,
         }) else {
             metrics::counter!("payments_webhooks_total", "outcome" => "no_effect").increment(1);
-            return Ok(());
+            return Ok(None);
         };
         let mut tx = self
             .inner
@@ -784,7 +748,7 @@ impl PaymentService {
         if !PaymentStore::seen_event_tx(&mut tx, &event.id, event.event_type.as_str(), now).await? {
             tx.rollback().await.map_err(StoreError::from)?;
             metrics::counter!("payments_webhooks_total", "outcome" => "replay").increment(1);
-            return Ok(());
+            return Ok(None);
         }
         let mut notify = None;
         if event.event_type == T::DisputeCreated {
@@ -819,18 +783,7 @@ impl PaymentService {
         }
         tx.commit().await.map_err(StoreError::from)?;
         metrics::counter!("payments_webhooks_total", "outcome" => "applied").increment(1);
-        if let Some(id) = notify {
-            let listener = self
-                .inner
-                .outcome_listener
-                .read()
-                .ok()
-                .and_then(|l| l.clone());
-            if let Some(l) = listener {
-                l.outcome_known(&id).await;
-            }
-        }
-        Ok(())
+        Ok(notify)
     }
 }
 

@@ -2,7 +2,7 @@
 //! `GET /api/v1/admin/outbox`, `POST /api/v1/admin/outbox/{id}/redeliver`.
 
 use crate::Kernel;
-use crate::auth::{Principal, Role};
+use crate::auth::{Admins, Authorized};
 use crate::clock::Timestamp;
 use crate::error::{ApiError, Code};
 use crate::http::ApiQuery;
@@ -90,10 +90,9 @@ fn entry_of(
     security(("bearer" = [])))]
 async fn list_outbox(
     State(k): State<Kernel>,
-    principal: Principal,
+    _: Authorized<Admins>,
     ApiQuery(q): ApiQuery<OutboxQuery>,
 ) -> Result<Json<OutboxPage>, ApiError> {
-    principal.require(&[Role::Admin])?;
     let page = PageQuery {
         limit: q.limit,
         cursor: q.cursor,
@@ -164,10 +163,9 @@ async fn list_outbox(
     security(("bearer" = [])))]
 async fn redeliver(
     State(k): State<Kernel>,
-    principal: Principal,
+    principal: Authorized<Admins>,
     Path(id): Path<String>,
 ) -> Result<impl IntoResponse, ApiError> {
-    principal.require(&[Role::Admin])?;
     if !crate::id::is_valid("dlv", &id) {
         return Err(ApiError::not_found());
     }

@@ -11,6 +11,7 @@ mod docs;
 mod garbage;
 mod gateway;
 mod group_commit;
+mod hardening;
 mod health;
 mod idempotency;
 mod identity;

@@ -21,7 +21,7 @@ pub async fn bought(app: &TestApp, sku: &str, qty: i64) -> (Client, Value) {
     (c, o.body)
 }
 
-async fn advance(admin: &Client, order_id: &str, to: &str) {
+pub async fn advance(admin: &Client, order_id: &str, to: &str) {
     if matches!(to, "processing" | "shipped" | "delivered") {
         let r = admin
             .post(&format!("/orders/{order_id}/fulfil"), json!({}))

@@ -5,7 +5,6 @@ use mercato_kernel::outbox::{self, NewEvent};
 use mercato_testkit::{Client, TestApp, TestResponse, sample_product, spawn_app};
 use serde_json::{Value, json};
 use std::collections::HashSet;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Generous wait for the projection (the contract is 5 s; CI machines are slow and shared).
@@ -256,13 +255,24 @@ async fn filters_by_category_brand_price_rating_and_stock() {
         assert!((50_000..=90_000).contains(&a), "{p}");
     }
 
-    // Ratings come from reviews (the catalog emits an update; the index re-reads). The
-    // verified-purchase rule is not what this test is about: let every customer review.
-    app.state
-        .catalog
-        .set_purchase_verifier(Arc::new(EveryoneBought));
-    for (i, stars) in [(0usize, 5), (3, 2)] {
-        let c = app.customer().await;
+    // Ratings come from reviews (the catalog emits an update; the index re-reads). Reviews
+    // need a received purchase: stock the two SKUs, buy, deliver, then review.
+    let wh = s.admin.create_warehouse("search-de", "DE").await;
+    assert_eq!(wh.status, 201, "{}", wh.body);
+    let mut reviewers = Vec::new();
+    for sku in ["L-1", "P-1"] {
+        let r = s.admin.set_stock(sku, &wh.id(), 5).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let (c, order) = crate::orders::bought(&app, sku, 1).await;
+        crate::orders::advance(
+            &s.admin,
+            order["id"].as_str().unwrap_or_default(),
+            "delivered",
+        )
+        .await;
+        reviewers.push(c);
+    }
+    for ((i, stars), c) in [(0usize, 5), (3, 2)].into_iter().zip(&reviewers) {
         let r = c
             .post(
                 &format!("/products/{}/reviews", ids[i]),
@@ -289,22 +299,10 @@ async fn filters_by_category_brand_price_rating_and_stock() {
     // Stock: untracked is in stock; once inventory reports none (an inventory event naming
     // the SKU), the product drops out of in_stock=true.
     until_total(&app, "/products?in_stock=true", 6).await;
-    app.state
-        .catalog
-        .set_stock_levels(Arc::new(NoneOf("P-1".into())));
+    // Inventory reports none of P-1 (its adjustment event names the SKU).
+    let r = s.admin.set_stock("P-1", &wh.id(), 0).await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let mut tx = app.state.kernel.db.begin().await.expect("tx");
-    outbox::append(
-        &mut tx,
-        app.state.kernel.clock.now(),
-        NewEvent::new(
-            "inventory.adjusted",
-            "stock",
-            "P-1",
-            json!({"sku": "P-1", "delta": -5}),
-        ),
-    )
-    .await
-    .expect("append");
     // An event the indexer cannot resolve is skipped, not retried forever.
     outbox::append(
         &mut tx,
@@ -322,23 +320,6 @@ async fn filters_by_category_brand_price_rating_and_stock() {
         .and_then(|a| a.iter().find(|p| p["name"] == "Pixel Phone 8").cloned())
         .unwrap_or_default();
     assert_eq!(pixel["in_stock"], false, "{pixel}");
-}
-
-/// Stock levels where one SKU has none and the rest are untracked.
-struct NoneOf(String);
-
-#[async_trait::async_trait]
-impl mercato_commerce::seams::StockLevels for NoneOf {
-    async fn available(
-        &self,
-        skus: &[String],
-    ) -> anyhow::Result<std::collections::HashMap<String, i64>> {
-        Ok(skus
-            .iter()
-            .filter(|s| **s == self.0)
-            .map(|s| (s.clone(), 0))
-            .collect())
-    }
 }
 
 #[tokio::test]
@@ -783,18 +764,4 @@ async fn an_api_only_node_keeps_its_index_fed() {
         })
         .await;
     assert!(found.is_some());
-}
-
-/// A purchase verifier that says yes (review rules are tested in orders.rs).
-struct EveryoneBought;
-
-#[async_trait::async_trait]
-impl mercato_commerce::seams::PurchaseVerifier for EveryoneBought {
-    async fn has_received(
-        &self,
-        _customer_id: &str,
-        _product_id: &str,
-    ) -> anyhow::Result<Option<bool>> {
-        Ok(Some(true))
-    }
 }
