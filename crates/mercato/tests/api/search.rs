@@ -1,6 +1,7 @@
 //! Search, listing with facets, suggestions: the index is fed by events, so every assertion
 //! on results waits (`eventually`) for the projection to catch up.
 
+use mercato_events::inventory::{Adjusted, LowStock};
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_testkit::{Client, TestApp, TestResponse, sample_product, spawn_app};
 use serde_json::{Value, json};
@@ -296,12 +297,15 @@ async fn filters_by_category_brand_price_rating_and_stock() {
     outbox::append(
         &mut tx,
         app.state.kernel.clock.now(),
-        NewEvent::new(
-            "inventory.adjusted",
-            "stock",
-            "P-1",
-            json!({"sku": "P-1", "delta": -5}),
-        ),
+        NewEvent::of(&Adjusted {
+            sku: "P-1".into(),
+            warehouse_id: "wh_test".into(),
+            delta: -5,
+            on_hand: 0,
+            reserved: 0,
+            available: 0,
+            reason: "test".into(),
+        }),
     )
     .await
     .expect("append");
@@ -309,7 +313,12 @@ async fn filters_by_category_brand_price_rating_and_stock() {
     outbox::append(
         &mut tx,
         app.state.kernel.clock.now(),
-        NewEvent::new("inventory.low_stock", "stock", "X", json!({"sku": "NOPE"})),
+        NewEvent::of(&LowStock {
+            sku: "NOPE".into(),
+            warehouse_id: "wh_test".into(),
+            available: 0,
+            threshold: 5,
+        }),
     )
     .await
     .expect("append");
