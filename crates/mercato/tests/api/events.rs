@@ -4,7 +4,7 @@
 
 use crate::inventory::stocked;
 use crate::orders::bought;
-use mercato_testkit::{Client, TestApp, sample_address, spawn_app};
+use mercato_testkit::{Client, TestApp, sample_address, spawn_app_with};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -41,7 +41,8 @@ async fn delivered(app: &TestApp) -> bool {
 
 #[tokio::test]
 async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
-    let app = spawn_app().await;
+    // Every order goes to fraud review (fraud.flagged with an order).
+    let app = spawn_app_with(|s| s.fraud_review_amount = 1).await;
     let (admin, sku, de, _) = stocked(&app, "evt").await;
     admin.set_stock(&sku, &de, 12).await;
     post_ok(
@@ -135,14 +136,21 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
         })
         .await;
     assert!(caught_up.is_some(), "the consumers never caught up");
-    // Let the chargeback's webhook land and be delivered too.
-    let flagged = app
+    // The chargeback arrives by webhook: wait for its event to be delivered too.
+    let chargeback = app
         .eventually(Duration::from_secs(15), || async {
-            let o = admin.order(&text(&order3["id"])).await;
-            (o.body["flagged_for_review"] == true && delivered(&app).await).then_some(())
+            let n: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM outbox WHERE event_type = 'payment.chargeback'",
+            )
+            .fetch_one(app.state.kernel.db.reader())
+            .await
+            .unwrap_or_default();
+            (n == 1 && delivered(&app).await).then_some(())
         })
         .await;
-    assert!(flagged.is_some(), "the chargeback flagged the order");
+    assert!(chargeback.is_some(), "the chargeback was never delivered");
+    let o = admin.order(&text(&order3["id"])).await;
+    assert_eq!(o.body["flagged_for_review"], true, "{}", o.body);
 
     // Every row decodes with its registered payload type, and the doc names its fields.
     let doc = include_str!("../../../../docs/api.md");
