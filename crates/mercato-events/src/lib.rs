@@ -4,7 +4,12 @@
 //! other; docs/api.md lists the types and their fields.
 //!
 //! Each system has its own module; a new event type is a struct here with an
-//! `EventPayload` impl (`TYPE`, `AGGREGATE`, `aggregate_id`).
+//! `EventPayload` impl (`TYPE`, `AGGREGATE`, `aggregate_id`), an entry in the `registry!` below
+//! (which gives [`TYPES`] and [`decode_any`]), a sample in the tests and a row in docs/api.md
+//! (a test checks both).
+//!
+//! Compatibility: consumers ignore fields they do not know; a field added to an existing type
+//! must be `#[serde(default)]` (an `Option`), so that events written before it still decode.
 #![forbid(unsafe_code)]
 
 pub mod catalog;

@@ -244,3 +244,43 @@ fn the_api_doc_lists_every_event_type_with_its_fields() {
         }
     }
 }
+
+/// Rust files under `dir`, recursively.
+fn rust_files(dir: &std::path::Path, out: &mut Vec<std::path::PathBuf>) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            rust_files(&p, out);
+        } else if p.extension().is_some_and(|x| x == "rs") {
+            out.push(p);
+        }
+    }
+}
+
+#[test]
+fn producers_build_events_only_from_payload_types() {
+    let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for c in ["mercato-commerce/src", "mercato-notify/src", "mercato/src"] {
+        rust_files(&crates.join(c), &mut files);
+    }
+    assert!(
+        !files.is_empty(),
+        "no sources found under {}",
+        crates.display()
+    );
+    let untyped: Vec<String> = files
+        .iter()
+        .filter(|f| {
+            std::fs::read_to_string(f).is_ok_and(|s| s.contains(concat!("NewEvent::", "new(")))
+        })
+        .map(|f| f.display().to_string())
+        .collect();
+    assert!(
+        untyped.is_empty(),
+        "build events with NewEvent::of(&payload) (a type in mercato-events): {untyped:?}"
+    );
+}
