@@ -4,7 +4,12 @@
 //! other; docs/api.md lists the types and their fields.
 //!
 //! Each system has its own module; a new event type is a struct here with an
-//! `EventPayload` impl (`TYPE`, `AGGREGATE`, `aggregate_id`).
+//! `EventPayload` impl (`TYPE`, `AGGREGATE`, `aggregate_id`), an entry in the `registry!` below
+//! (which gives [`TYPES`] and [`decode_any`]), a sample in the tests and a row in docs/api.md
+//! (a test checks both).
+//!
+//! Compatibility: consumers ignore fields they do not know; a field added to an existing type
+//! must be `#[serde(default)]` (an `Option`), so that events written before it still decode.
 #![forbid(unsafe_code)]
 
 pub mod catalog;
@@ -22,16 +27,108 @@ pub mod promotions;
 pub mod webhooks;
 
 /// Implements `EventPayload` for a payload struct: `payload!(OrderConfirmed, "order.confirmed",
-/// "order", order_id);` where the last argument names the field holding the aggregate id.
+/// "order", order.order_id);` where the last argument names the field holding the aggregate id.
 #[macro_export]
 macro_rules! payload {
-    ($ty:ty, $event:literal, $aggregate:literal, $id:ident) => {
+    ($ty:ty, $event:literal, $aggregate:literal, $($id:ident).+) => {
         impl ::mercato_kernel::outbox::EventPayload for $ty {
             const TYPE: &'static str = $event;
             const AGGREGATE: &'static str = $aggregate;
             fn aggregate_id(&self) -> &str {
-                &self.$id
+                &self.$($id).+
             }
         }
     };
 }
+
+use mercato_kernel::outbox::EventPayload;
+use serde_json::Value;
+
+/// An event's data that does not decode with the payload type of its event type.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("no payload type is registered for event type {0}")]
+    UnknownType(String),
+    #[error("{event_type} payload: {source}")]
+    Payload {
+        event_type: &'static str,
+        source: serde_json::Error,
+    },
+}
+
+macro_rules! registry {
+    ($($variant:ident => $ty:ty),* $(,)?) => {
+        /// Any event's payload, decoded with the type registered for its event type.
+        #[derive(Clone, Debug, PartialEq)]
+        pub enum AnyEvent {
+            $($variant($ty),)*
+        }
+
+        /// Every event type a module emits, in the order of the registry.
+        pub const TYPES: &[&str] = &[$(<$ty as EventPayload>::TYPE,)*];
+
+        /// Decodes `data` with the payload type registered for `event_type`.
+        pub fn decode_any(event_type: &str, data: &Value) -> Result<AnyEvent, DecodeError> {
+            $(
+                if event_type == <$ty as EventPayload>::TYPE {
+                    return serde_json::from_value::<$ty>(data.clone())
+                        .map(AnyEvent::$variant)
+                        .map_err(|source| DecodeError::Payload {
+                            event_type: <$ty as EventPayload>::TYPE,
+                            source,
+                        });
+                }
+            )*
+            Err(DecodeError::UnknownType(event_type.to_owned()))
+        }
+
+        impl AnyEvent {
+            /// The event type of this payload.
+            pub fn event_type(&self) -> &'static str {
+                match self {
+                    $(AnyEvent::$variant(_) => <$ty as EventPayload>::TYPE,)*
+                }
+            }
+
+            /// The payload as it goes on the wire (the event's `data`).
+            pub fn to_value(&self) -> Value {
+                let v = match self {
+                    $(AnyEvent::$variant(p) => serde_json::to_value(p),)*
+                };
+                v.unwrap_or(Value::Null)
+            }
+        }
+    };
+}
+
+registry! {
+    ProductCreated => catalog::ProductCreated,
+    ProductUpdated => catalog::ProductUpdated,
+    UserRegistered => identity::UserRegistered,
+    InventoryReserved => inventory::Reserved,
+    InventoryReleased => inventory::Released,
+    InventoryCommitted => inventory::Committed,
+    InventoryAdjusted => inventory::Adjusted,
+    LowStock => inventory::LowStock,
+    CheckoutStarted => checkout::CheckoutStarted,
+    CheckoutExpired => checkout::CheckoutExpired,
+    FraudFlagged => fraud::FraudFlagged,
+    PaymentCaptured => payments::PaymentCaptured,
+    PaymentDeclined => payments::PaymentDeclined,
+    PaymentPendingVerification => payments::PaymentPendingVerification,
+    PaymentRefunded => payments::PaymentRefunded,
+    PaymentChargeback => payments::PaymentChargeback,
+    OrderCreated => orders::OrderCreated,
+    OrderConfirmed => orders::OrderConfirmed,
+    OrderFailed => orders::OrderFailed,
+    OrderCancelled => orders::OrderCancelled,
+    OrderFulfilmentStarted => orders::OrderFulfilmentStarted,
+    OrderShipped => orders::OrderShipped,
+    OrderDelivered => orders::OrderDelivered,
+    OrderReturned => orders::OrderReturned,
+    OrderRefunded => orders::OrderRefunded,
+    ReturnRequested => orders::ReturnRequested,
+}
+
+#[cfg(test)]
+mod tests;

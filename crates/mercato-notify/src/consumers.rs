@@ -13,24 +13,31 @@
 //!
 //! Idempotent per event id: each notification's `request_id` is `event:<event id>` (plus the
 //! admin id for fan-out), so a redelivered event answers with the notification it already made.
-//! Extra payload fields are ignored; a payload missing what the message needs is an error (the
-//! bus retries, then dead-letters it where an admin can see it).
+//! Payloads are decoded with their types from `mercato-events` (the producers' types): extra
+//! fields are ignored; a payload that does not decode is an error (the bus retries, then
+//! dead-letters it where an admin can see it).
 
 use crate::service::{Notifier, NotifyError, SendRequest};
-use mercato_kernel::outbox::{Event, EventHandler};
+use mercato_events::identity::UserRegistered;
+use mercato_events::inventory::LowStock;
+use mercato_events::orders::{
+    OrderConfirmed, OrderDelivered, OrderRefunded, OrderReturned, OrderShipped,
+};
+use mercato_events::payments::PaymentDeclined;
+use mercato_kernel::outbox::{Event, EventHandler, EventPayload as _};
 use serde_json::{Value, json};
 
 pub const CONSUMER: &str = "notify-commerce";
 
 pub const EVENT_TYPES: &[&str] = &[
-    "order.confirmed",
-    "payment.declined",
-    "order.shipped",
-    "order.delivered",
-    "order.refunded",
-    "order.returned",
-    "inventory.low_stock",
-    "user.registered",
+    OrderConfirmed::TYPE,
+    PaymentDeclined::TYPE,
+    OrderShipped::TYPE,
+    OrderDelivered::TYPE,
+    OrderRefunded::TYPE,
+    OrderReturned::TYPE,
+    LowStock::TYPE,
+    UserRegistered::TYPE,
 ];
 
 pub struct CommerceNotifications {
@@ -43,74 +50,73 @@ impl CommerceNotifications {
     }
 }
 
-fn field<'a>(data: &'a Value, name: &str, event: &Event) -> anyhow::Result<&'a Value> {
-    match data.get(name) {
-        Some(v) if !v.is_null() => Ok(v),
-        _ => anyhow::bail!("{} {} has no {name}", event.event_type, event.id),
-    }
-}
-
-fn text(data: &Value, name: &str, event: &Event) -> anyhow::Result<String> {
-    let v = field(data, name, event)?;
-    Ok(match v {
-        Value::String(s) => s.clone(),
-        other => other.to_string(),
-    })
-}
-
-/// Picks the named fields of the payload (the template's variables).
-fn pick(data: &Value, names: &[&str], event: &Event) -> anyhow::Result<Value> {
-    let mut out = serde_json::Map::new();
-    for n in names {
-        out.insert((*n).to_owned(), field(data, n, event)?.clone());
-    }
-    Ok(Value::Object(out))
-}
-
 /// The notifications an event asks for (no IO).
 pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<SendRequest>> {
-    let d = &event.data;
-    let to_customer = |type_name: &str, data: Value| -> anyhow::Result<Vec<SendRequest>> {
-        Ok(vec![SendRequest {
-            user_id: Some(text(d, "customer_id", event)?),
-            type_name: type_name.to_owned(),
-            data,
-            request_id: Some(format!("event:{}", event.id)),
-            ..SendRequest::default()
-        }])
+    let to_customer = |customer_id: String, type_name: &str, data: Value| SendRequest {
+        user_id: Some(customer_id),
+        type_name: type_name.to_owned(),
+        data,
+        request_id: Some(format!("event:{}", event.id)),
+        ..SendRequest::default()
     };
+    let one = |r: SendRequest| Ok(vec![r]);
     match event.event_type.as_str() {
-        "order.confirmed" => {
-            let mut data = pick(d, &["order_id", "order_number", "total"], event)?;
-            data["items"] = d.get("items").cloned().unwrap_or_else(|| json!([]));
-            to_customer("order_confirmed", data)
+        OrderConfirmed::TYPE => {
+            let OrderConfirmed { order: o, .. } = event.decode()?;
+            one(to_customer(
+                o.customer_id,
+                "order_confirmed",
+                json!({"order_id": o.order_id, "order_number": o.order_number, "total": o.total,
+                       "items": o.items}),
+            ))
         }
-        "payment.declined" => to_customer(
-            "payment_failed",
-            pick(d, &["payment_id", "amount", "decline_code"], event)?,
-        ),
-        "order.shipped" => to_customer(
-            "order_shipped",
-            pick(
-                d,
-                &["order_id", "order_number", "carrier", "tracking_number"],
-                event,
-            )?,
-        ),
-        "order.delivered" => to_customer(
-            "order_delivered",
-            pick(d, &["order_id", "order_number"], event)?,
-        ),
-        "order.refunded" => to_customer(
-            "refund_issued",
-            pick(d, &["order_id", "order_number", "amount"], event)?,
-        ),
-        "order.returned" => to_customer(
-            "return_approved",
-            pick(d, &["order_id", "order_number", "return_id"], event)?,
-        ),
-        "inventory.low_stock" => {
-            let data = pick(d, &["sku", "warehouse_id", "available", "threshold"], event)?;
+        PaymentDeclined::TYPE => {
+            let p: PaymentDeclined = event.decode()?;
+            one(to_customer(
+                p.customer_id,
+                "payment_failed",
+                json!({"payment_id": p.payment_id, "amount": p.amount, "decline_code": p.decline_code}),
+            ))
+        }
+        OrderShipped::TYPE => {
+            let e: OrderShipped = event.decode()?;
+            one(to_customer(
+                e.order.customer_id,
+                "order_shipped",
+                json!({"order_id": e.order.order_id, "order_number": e.order.order_number,
+                       "carrier": e.carrier, "tracking_number": e.tracking_number}),
+            ))
+        }
+        OrderDelivered::TYPE => {
+            let OrderDelivered { order: o, .. } = event.decode()?;
+            one(to_customer(
+                o.customer_id,
+                "order_delivered",
+                json!({"order_id": o.order_id, "order_number": o.order_number}),
+            ))
+        }
+        OrderRefunded::TYPE => {
+            let e: OrderRefunded = event.decode()?;
+            one(to_customer(
+                e.order.customer_id,
+                "refund_issued",
+                json!({"order_id": e.order.order_id, "order_number": e.order.order_number,
+                       "amount": e.amount}),
+            ))
+        }
+        OrderReturned::TYPE => {
+            let e: OrderReturned = event.decode()?;
+            one(to_customer(
+                e.order.customer_id,
+                "return_approved",
+                json!({"order_id": e.order.order_id, "order_number": e.order.order_number,
+                       "return_id": e.return_id}),
+            ))
+        }
+        LowStock::TYPE => {
+            let l: LowStock = event.decode()?;
+            let data = json!({"sku": l.sku, "warehouse_id": l.warehouse_id,
+                              "available": l.available, "threshold": l.threshold});
             Ok(admins
                 .iter()
                 .map(|admin| SendRequest {
@@ -122,27 +128,21 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
                 })
                 .collect())
         }
-        "user.registered" => {
-            let user_id = text(d, "user_id", event)?;
-            let name = d
-                .get("name")
-                .and_then(Value::as_str)
+        UserRegistered::TYPE => {
+            let u: UserRegistered = event.decode()?;
+            let name = u
+                .name
                 .filter(|n| !n.trim().is_empty())
-                .map(str::to_owned)
-                .or_else(|| {
-                    d.get("email")
-                        .and_then(Value::as_str)
-                        .and_then(|e| e.split('@').next())
-                        .map(str::to_owned)
-                })
+                .or_else(|| u.email.split('@').next().map(str::to_owned))
+                .filter(|n| !n.is_empty())
                 .unwrap_or_else(|| "there".to_owned());
-            Ok(vec![SendRequest {
-                user_id: Some(user_id.clone()),
+            one(SendRequest {
+                user_id: Some(u.user_id.clone()),
                 type_name: "welcome".into(),
-                data: json!({"name": name, "user_id": user_id}),
+                data: json!({"name": name, "user_id": u.user_id}),
                 request_id: Some(format!("event:{}", event.id)),
                 ..SendRequest::default()
-            }])
+            })
         }
         _ => Ok(Vec::new()),
     }
@@ -159,7 +159,7 @@ impl EventHandler for CommerceNotifications {
     }
 
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let admins = if event.event_type == "inventory.low_stock" {
+        let admins = if event.event_type == LowStock::TYPE {
             self.notifier.inner.directory.admins().await?
         } else {
             Vec::new()
@@ -210,6 +210,7 @@ mod tests {
         let e = event(
             "order.confirmed",
             json!({"order_id": "ord_1", "order_number": "M-1", "customer_id": "usr_1",
+                   "checkout_id": "chk_1", "status": "confirmed",
                    "total": {"amount": 100, "currency": "USD"}, "items": [], "extra": true}),
         );
         let r = requests_for(&e, &[]).expect("requests");
@@ -240,6 +241,12 @@ mod tests {
             json!({"order_id": "ord_1", "order_number": "M"}),
         );
         assert!(requests_for(&e, &[]).is_err(), "no customer_id");
+        // The drift this decoding catches: a low-stock event without its warehouse.
+        let e = event(
+            "inventory.low_stock",
+            json!({"sku": "A", "available": 2, "threshold": 10}),
+        );
+        assert!(requests_for(&e, &["usr_a".into()]).is_err());
     }
 
     #[test]

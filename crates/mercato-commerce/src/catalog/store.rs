@@ -1,6 +1,7 @@
 //! SQL for the catalog's own tables (categories, products, variants, reviews).
 
 use super::model::{Category, CategoryRef, ProductStatus, Review, Sku};
+use mercato_events::catalog::{ProductCreated, ProductUpdated};
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx, bool_of, int_of};
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Currency, Money, Timestamp};
@@ -153,14 +154,25 @@ fn review_of(r: &Row) -> StoreResult<Review> {
     })
 }
 
-/// The `catalog.product_*` event payload (consumers re-read the product: a CDC projection).
-fn product_event(kind: &str, id: &str, seller_id: &str, version: i64, reason: &str) -> NewEvent {
-    NewEvent::new(
-        kind,
-        "product",
-        id,
-        serde_json::json!({"product_id": id, "seller_id": seller_id, "version": version, "reason": reason}),
-    )
+/// `catalog.product_created` (consumers re-read the product: a CDC projection).
+fn product_created(id: &str, seller_id: &str) -> NewEvent {
+    NewEvent::of(&ProductCreated {
+        product_id: id.to_owned(),
+        seller_id: seller_id.to_owned(),
+        version: 1,
+        reason: "created".to_owned(),
+    })
+    .version(1)
+}
+
+/// `catalog.product_updated` (consumers re-read the product: a CDC projection).
+fn product_updated(id: &str, seller_id: &str, version: i64, reason: &str) -> NewEvent {
+    NewEvent::of(&ProductUpdated {
+        product_id: id.to_owned(),
+        seller_id: seller_id.to_owned(),
+        version,
+        reason: reason.to_owned(),
+    })
     .version(version)
 }
 
@@ -314,12 +326,7 @@ impl CatalogStore {
     pub async fn insert_product(&self, p: &NewProduct, now: Timestamp) -> StoreResult<()> {
         let mut tx = self.db.begin().await?;
         Self::insert_product_tx(&mut tx, p, now).await?;
-        outbox::append(
-            &mut tx,
-            now,
-            product_event("catalog.product_created", &p.id, &p.seller_id, 1, "created"),
-        )
-        .await?;
+        outbox::append(&mut tx, now, product_created(&p.id, &p.seller_id)).await?;
         tx.commit().await?;
         Ok(())
     }
@@ -333,12 +340,7 @@ impl CatalogStore {
         let mut tx = self.db.begin().await?;
         for p in products {
             Self::insert_product_tx(&mut tx, p, now).await?;
-            outbox::append(
-                &mut tx,
-                now,
-                product_event("catalog.product_created", &p.id, &p.seller_id, 1, "created"),
-            )
-            .await?;
+            outbox::append(&mut tx, now, product_created(&p.id, &p.seller_id)).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -493,13 +495,7 @@ impl CatalogStore {
         outbox::append(
             &mut tx,
             now,
-            product_event(
-                "catalog.product_updated",
-                id,
-                &current.seller_id,
-                version,
-                "updated",
-            ),
+            product_updated(id, &current.seller_id, version, "updated"),
         )
         .await?;
         tx.commit().await?;
@@ -564,13 +560,7 @@ impl CatalogStore {
         outbox::append(
             &mut tx,
             now,
-            product_event(
-                "catalog.product_updated",
-                &r.product_id,
-                &seller,
-                version,
-                "review",
-            ),
+            product_updated(&r.product_id, &seller, version, "review"),
         )
         .await?;
         tx.commit().await?;

@@ -29,6 +29,8 @@ use crate::payments::store::PaymentRow;
 use crate::payments::{PaymentService, Resolution};
 use crate::pricing::{PriceBook, quote};
 use axum::http::StatusCode;
+use mercato_events::checkout::{CheckoutExpired, CheckoutStarted};
+use mercato_events::fraud::FraudFlagged;
 use mercato_kernel::auth::Principal;
 use mercato_kernel::db::StoreError;
 use mercato_kernel::error::{ApiError, Code, Validator};
@@ -37,7 +39,6 @@ use mercato_kernel::jobs::Outcome;
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Kernel, Money, Timestamp};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -455,13 +456,13 @@ impl CheckoutService {
         outbox::append(
             &mut tx,
             now,
-            NewEvent::new(
-                "checkout.started",
-                "checkout",
-                &id,
-                json!({"checkout_id": id, "customer_id": user_id, "cart_id": row.cart_id, "total": row.total,
-                       "expires_at": row.expires_at}),
-            ),
+            NewEvent::of(&CheckoutStarted {
+                checkout_id: id.clone(),
+                customer_id: user_id.clone(),
+                cart_id: row.cart_id.clone(),
+                total: row.total,
+                expires_at: row.expires_at,
+            }),
         )
         .await?;
         tx.commit().await?;
@@ -764,13 +765,13 @@ impl CheckoutService {
             outbox::append(
                 &mut tx,
                 now,
-                NewEvent::new(
-                    "fraud.flagged",
-                    "checkout",
-                    &c.id,
-                    json!({"checkout_id": c.id, "customer_id": c.customer_id,
-                    "decision": "block", "reason": why}),
-                ),
+                NewEvent::of(&FraudFlagged {
+                    order_id: None,
+                    checkout_id: c.id.clone(),
+                    customer_id: c.customer_id.clone(),
+                    decision: "block".to_owned(),
+                    reason: why.to_owned(),
+                }),
             )
             .await?;
             let err = ApiError::new(Code::FraudBlocked);
@@ -1069,13 +1070,13 @@ impl CheckoutService {
             outbox::append(
                 &mut tx,
                 now,
-                NewEvent::new(
-                    "fraud.flagged",
-                    "order",
-                    &order_id,
-                    json!({"order_id": order_id, "checkout_id": c.id,
-                    "customer_id": c.customer_id, "decision": "review", "reason": why}),
-                ),
+                NewEvent::of(&FraudFlagged {
+                    order_id: Some(order_id.clone()),
+                    checkout_id: c.id.clone(),
+                    customer_id: c.customer_id.clone(),
+                    decision: "review".to_owned(),
+                    reason: why.to_owned(),
+                }),
             )
             .await?;
         }
@@ -1415,12 +1416,10 @@ impl CheckoutService {
         outbox::append(
             &mut tx,
             now,
-            NewEvent::new(
-                "checkout.expired",
-                "checkout",
-                id,
-                json!({"checkout_id": id, "customer_id": c.customer_id}),
-            ),
+            NewEvent::of(&CheckoutExpired {
+                checkout_id: id.to_owned(),
+                customer_id: c.customer_id.clone(),
+            }),
         )
         .await?;
         tx.commit().await?;

@@ -1,6 +1,7 @@
 //! SQL for identity's own tables: one method per use case, one transaction per method.
 
 use super::model::{Address, AddressInput, User, UserStatus};
+use mercato_events::identity::UserRegistered;
 use mercato_kernel::Timestamp;
 use mercato_kernel::auth::Role;
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, bool_of, int_of};
@@ -129,12 +130,12 @@ impl IdentityStore {
             outbox::append(
                 &mut tx,
                 now,
-                NewEvent::new(
-                    "user.registered",
-                    "user",
-                    &user.id,
-                    serde_json::json!({"user_id": user.id, "email": user.email, "name": user.name, "role": user.role}),
-                ),
+                NewEvent::of(&UserRegistered {
+                    user_id: user.id.clone(),
+                    email: user.email.clone(),
+                    name: user.name.clone(),
+                    role: user.role,
+                }),
             )
             .await?;
         }

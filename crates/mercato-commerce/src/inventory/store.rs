@@ -6,10 +6,10 @@
 use super::model::{
     Candidate, Movement, Reservation, ReservationId, Warehouse, crosses_low_stock, plan_line,
 };
+use mercato_events::inventory::{Adjusted, Committed, LowStock, Released, Reserved, StockLine};
 use mercato_kernel::Timestamp;
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx};
 use mercato_kernel::outbox::{self, NewEvent};
-use serde_json::json;
 use sqlx::Row as _;
 use std::collections::HashMap;
 
@@ -93,12 +93,23 @@ pub struct MovementEntry<'a> {
 struct Ending<'a> {
     status: &'a str,
     movement: &'a str,
-    /// Sold: the units also leave `on_hand`.
+    /// Sold: the units also leave `on_hand`, and the event is `inventory.committed` (else
+    /// `inventory.released`, with `reason`).
     sells: bool,
     reason: Option<&'a str>,
     reference: &'a str,
-    event: &'a str,
-    extra: serde_json::Value,
+}
+
+/// The lines of an `inventory.*` event about `reservations`.
+fn stock_lines(reservations: &[Reservation]) -> Vec<StockLine> {
+    reservations
+        .iter()
+        .map(|r| StockLine {
+            sku: r.sku.clone(),
+            warehouse_id: r.warehouse_id.clone(),
+            quantity: r.quantity,
+        })
+        .collect()
 }
 
 const RESERVATION_COLUMNS: &str =
@@ -207,12 +218,12 @@ impl InventoryStore {
             outbox::append(
                 tx,
                 now,
-                NewEvent::new(
-                    "inventory.low_stock",
-                    "stock",
-                    sku,
-                    json!({"sku": sku, "warehouse_id": warehouse_id, "available": available, "threshold": after.threshold}),
-                ),
+                NewEvent::of(&LowStock {
+                    sku: sku.to_owned(),
+                    warehouse_id: warehouse_id.to_owned(),
+                    available,
+                    threshold: after.threshold,
+                }),
             )
             .await?;
         }
@@ -231,13 +242,15 @@ impl InventoryStore {
         outbox::append(
             tx,
             now,
-            NewEvent::new(
-                "inventory.adjusted",
-                "stock",
-                sku,
-                json!({"sku": sku, "warehouse_id": warehouse_id, "delta": delta, "on_hand": after.on_hand,
-                       "reserved": after.reserved, "available": after.on_hand - after.reserved, "reason": reason}),
-            ),
+            NewEvent::of(&Adjusted {
+                sku: sku.to_owned(),
+                warehouse_id: warehouse_id.to_owned(),
+                delta,
+                on_hand: after.on_hand,
+                reserved: after.reserved,
+                available: after.on_hand - after.reserved,
+                reason: reason.to_owned(),
+            }),
         )
         .await?;
         Ok(())
@@ -598,19 +611,13 @@ impl InventoryStore {
             }
         }
         if !made.is_empty() {
-            let lines: Vec<_> = made
-                .iter()
-                .map(|r| json!({"sku": r.sku, "warehouse_id": r.warehouse_id, "quantity": r.quantity}))
-                .collect();
             outbox::append(
                 tx,
                 now,
-                NewEvent::new(
-                    "inventory.reserved",
-                    "checkout",
-                    checkout_id,
-                    json!({"checkout_id": checkout_id, "lines": lines}),
-                ),
+                NewEvent::of(&Reserved {
+                    checkout_id: checkout_id.to_owned(),
+                    lines: stock_lines(&made),
+                }),
             )
             .await?;
         }
@@ -637,8 +644,6 @@ impl InventoryStore {
                 sells: false,
                 reason: Some(reason),
                 reference: checkout_id,
-                event: "inventory.released",
-                extra: json!({"reason": reason}),
             },
             actor,
             now,
@@ -664,8 +669,6 @@ impl InventoryStore {
                 sells: true,
                 reason: None,
                 reference,
-                event: "inventory.committed",
-                extra: json!({"reference": reference}),
             },
             actor,
             now,
@@ -733,22 +736,22 @@ impl InventoryStore {
             .await?;
         }
         if !ended.is_empty() {
-            let lines: Vec<_> = ended
-                .iter()
-                .map(|r| json!({"sku": r.sku, "warehouse_id": r.warehouse_id, "quantity": r.quantity}))
-                .collect();
-            let mut data = json!({"checkout_id": checkout_id, "lines": lines});
-            if let (serde_json::Value::Object(d), serde_json::Value::Object(x)) =
-                (&mut data, e.extra)
-            {
-                d.extend(x);
-            }
-            outbox::append(
-                tx,
-                now,
-                NewEvent::new(e.event, "checkout", checkout_id, data),
-            )
-            .await?;
+            let checkout_id = checkout_id.to_owned();
+            let lines = stock_lines(&ended);
+            let event = if e.sells {
+                NewEvent::of(&Committed {
+                    checkout_id,
+                    lines,
+                    reference: e.reference.to_owned(),
+                })
+            } else {
+                NewEvent::of(&Released {
+                    checkout_id,
+                    lines,
+                    reason: e.reason.unwrap_or_default().to_owned(),
+                })
+            };
+            outbox::append(tx, now, event).await?;
         }
         Ok(ended)
     }

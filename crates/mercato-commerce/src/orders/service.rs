@@ -7,15 +7,18 @@ use super::model::{
     HistoryEntry, InvalidTransition, Order, OrderEvent, OrderItem, OrderStatus, PaymentSummary,
     RETURN_WINDOW_DAYS, ReturnId, ReturnLine, ReturnRequest, Shipment,
 };
-use super::store::{ListFilter, NewOrder, OrderRow, OrderStore};
+use super::store::{Details, ListFilter, NewOrder, OrderRow, OrderStore};
 use crate::inventory::InventoryService;
 use crate::payments::PaymentService;
 use crate::seams::PurchaseVerifier;
+use mercato_events::fraud::FraudFlagged;
+use mercato_events::orders::{OrderRefunded, ReturnRequested, ReturnedLine};
+use mercato_events::payments::{PaymentChargeback, PaymentRefunded};
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::db::{StoreError, Tx};
 use mercato_kernel::error::{ApiError, Code, Validator};
 use mercato_kernel::money::div_round_half_even;
-use mercato_kernel::outbox::{self, Event, EventHandler, NewEvent};
+use mercato_kernel::outbox::{self, Event, EventHandler, EventPayload as _, NewEvent};
 use mercato_kernel::{Kernel, Money, Timestamp};
 use serde::Serialize;
 use serde_json::json;
@@ -158,7 +161,8 @@ impl OrderService {
         reason: Option<&str>,
         now: Timestamp,
     ) -> Result<Option<OrderRow>, StoreError> {
-        OrderStore::transition_tx(tx, order_id, from, event, actor, reason, json!({}), now).await
+        OrderStore::transition_tx(tx, order_id, from, event, actor, reason, Details::None, now)
+            .await
     }
 
     /// `(id, order_number, status)` of the checkout's order, inside the caller's transaction.
@@ -334,7 +338,6 @@ impl OrderService {
         id: &str,
         event: OrderEvent,
         reason: Option<&str>,
-        extra: serde_json::Value,
         shipment: Option<(&str, &str)>,
     ) -> Result<Order, OrderError> {
         let o = self.row(id).await?;
@@ -346,9 +349,16 @@ impl OrderService {
         o.status.transition(event).map_err(OrderError::Transition)?;
         let now = self.now();
         let mut tx = self.db().begin().await?;
-        if let Some((carrier, tracking)) = shipment {
-            OrderStore::set_shipment_tx(&mut tx, id, carrier, tracking, now).await?;
-        }
+        let details = match shipment {
+            Some((carrier, tracking)) => {
+                OrderStore::set_shipment_tx(&mut tx, id, carrier, tracking, now).await?;
+                Details::Shipment {
+                    carrier: carrier.to_owned(),
+                    tracking_number: tracking.to_owned(),
+                }
+            }
+            None => Details::None,
+        };
         let moved = OrderStore::transition_tx(
             &mut tx,
             id,
@@ -356,7 +366,7 @@ impl OrderService {
             event,
             &actor.subject,
             reason,
-            extra,
+            details,
             now,
         )
         .await?;
@@ -378,7 +388,6 @@ impl OrderService {
             id,
             OrderEvent::StartFulfilment,
             Some("fulfilment started"),
-            json!({}),
             None,
         )
         .await
@@ -408,22 +417,14 @@ impl OrderService {
             id,
             OrderEvent::Ship,
             Some("shipped"),
-            json!({"carrier": carrier.trim(), "tracking_number": tracking.trim()}),
             Some((carrier.trim(), tracking.trim())),
         )
         .await
     }
 
     pub async fn deliver(&self, actor: &Principal, id: &str) -> Result<Order, OrderError> {
-        self.transition(
-            actor,
-            id,
-            OrderEvent::Deliver,
-            Some("delivered"),
-            json!({}),
-            None,
-        )
-        .await
+        self.transition(actor, id, OrderEvent::Deliver, Some("delivered"), None)
+            .await
     }
 
     /// Cancels an order: customers their own while confirmed or processing, admins any order
@@ -470,7 +471,7 @@ impl OrderService {
             OrderEvent::Cancel,
             &actor.subject,
             Some(reason),
-            json!({}),
+            Details::None,
             now,
         )
         .await?;
@@ -637,13 +638,21 @@ impl OrderService {
         outbox::append(
             &mut tx,
             now,
-            NewEvent::new(
-                "order.return_requested",
-                "order",
-                order_id,
-                json!({"order_id": order_id, "order_number": o.order_number, "customer_id": o.customer_id,
-                       "return_id": r.id, "items": r.items, "reason": r.reason}),
-            ),
+            NewEvent::of(&ReturnRequested {
+                order_id: order_id.to_owned(),
+                order_number: o.order_number.clone(),
+                customer_id: o.customer_id.clone(),
+                return_id: r.id.clone(),
+                items: r
+                    .items
+                    .iter()
+                    .map(|l| ReturnedLine {
+                        sku: l.sku.clone(),
+                        quantity: l.quantity,
+                    })
+                    .collect(),
+                reason: r.reason.clone(),
+            }),
         )
         .await?;
         outbox::audit(
@@ -773,7 +782,9 @@ impl OrderService {
             OrderEvent::Return,
             &actor.subject,
             Some("return approved"),
-            json!({"return_id": return_id}),
+            Details::Return {
+                return_id: return_id.to_owned(),
+            },
             now,
         )
         .await?;
@@ -793,8 +804,12 @@ impl OrderService {
             }
             None => {
                 // Nothing to pay back (e.g. a zero-value line): the order is settled at once.
-                self.mark_refunded(&o.id, "system", json!({"amount": Money::zero(o.currency)}))
-                    .await?;
+                let nothing = Details::Refund {
+                    amount: Money::zero(o.currency),
+                    refund_id: None,
+                    source: None,
+                };
+                self.mark_refunded(&o.id, "system", nothing).await?;
             }
         }
         self.inner
@@ -873,7 +888,7 @@ impl OrderService {
         &self,
         order_id: &str,
         actor: &str,
-        extra: serde_json::Value,
+        details: Details,
     ) -> Result<(), OrderError> {
         let now = self.now();
         let mut tx = self.db().begin().await?;
@@ -884,7 +899,7 @@ impl OrderService {
             OrderEvent::Refund,
             actor,
             Some("refund issued"),
-            extra,
+            details,
             now,
         )
         .await?;
@@ -1034,24 +1049,24 @@ impl EventHandler for OrderRefunds {
         event_type == "payment.refunded"
     }
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let Some(order_id) = event.data.get("order_id").and_then(|v| v.as_str()) else {
+        let refund = event.decode::<PaymentRefunded>()?;
+        let Some(order_id) = refund.order_id.as_deref() else {
             return Ok(());
         };
-        let source = event
-            .data
-            .get("source")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default();
-        let extra = json!({"amount": event.data.get("amount"), "refund_id": event.data.get("refund_id"), "source": source});
         let svc = &self.0;
         let o = match svc.row(order_id).await {
             Ok(o) => o,
             Err(OrderError::NotFound) => return Ok(()),
             Err(e) => return Err(anyhow::anyhow!("{e}")),
         };
-        if source == "return" {
+        if refund.source == "return" {
             if o.status == OrderStatus::Returned {
-                svc.mark_refunded(order_id, "system", extra)
+                let details = Details::Refund {
+                    amount: refund.amount,
+                    refund_id: Some(refund.refund_id.clone()),
+                    source: Some(refund.source.clone()),
+                };
+                svc.mark_refunded(order_id, "system", details)
                     .await
                     .map_err(|e| anyhow::anyhow!("{e}"))?;
             }
@@ -1064,12 +1079,13 @@ impl EventHandler for OrderRefunds {
         outbox::append(
             &mut tx,
             now,
-            NewEvent::new(
-                "order.refunded",
-                "order",
-                order_id,
-                OrderStore::event_data(&o, &items, extra),
-            ),
+            NewEvent::of(&OrderRefunded {
+                order: OrderStore::summary(&o, &items),
+                reason: None,
+                amount: refund.amount,
+                refund_id: Some(refund.refund_id.clone()),
+                source: Some(refund.source.clone()),
+            }),
         )
         .await?;
         tx.commit().await?;
@@ -1086,16 +1102,18 @@ impl EventHandler for OrderFlagger {
         "orders.flags"
     }
     fn interested_in(&self, event_type: &str) -> bool {
-        matches!(event_type, "payment.chargeback" | "fraud.flagged")
+        event_type == PaymentChargeback::TYPE || event_type == FraudFlagged::TYPE
     }
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let why = if event.event_type == "payment.chargeback" {
-            "chargeback"
+        // A blocked payment's fraud.flagged and a chargeback of a payment without an order
+        // have no order to flag.
+        let (order_id, why) = if event.event_type == PaymentChargeback::TYPE {
+            (event.decode::<PaymentChargeback>()?.order_id, "chargeback")
         } else {
-            "fraud review"
+            (event.decode::<FraudFlagged>()?.order_id, "fraud review")
         };
-        match event.data.get("order_id").and_then(|v| v.as_str()) {
-            Some(order_id) => self.0.flag(order_id, why, event).await,
+        match order_id {
+            Some(order_id) => self.0.flag(&order_id, why, event).await,
             None => Ok(()),
         }
     }

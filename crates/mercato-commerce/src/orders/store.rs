@@ -3,6 +3,7 @@
 //! both apply; each writes its history entry and its event in the same transaction.
 
 use super::model::{HistoryEntry, OrderEvent, OrderItem, OrderStatus, ReturnLine, ReturnRequest};
+use mercato_events::orders::{OrderConfirmed, OrderCreated, OrderLine, OrderSummary};
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx, bool_of, int_of};
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Currency, Money, Timestamp};
@@ -146,18 +147,87 @@ fn return_of(r: &Row) -> StoreResult<ReturnRequest> {
 }
 
 /// The event announcing that an order reached `to`.
-fn status_event(to: OrderStatus) -> &'static str {
-    match to {
-        OrderStatus::Pending => "order.created",
-        OrderStatus::Confirmed => "order.confirmed",
-        OrderStatus::Failed => "order.failed",
-        OrderStatus::Cancelled => "order.cancelled",
-        OrderStatus::Processing => "order.fulfilment_started",
-        OrderStatus::Shipped => "order.shipped",
-        OrderStatus::Delivered => "order.delivered",
-        OrderStatus::Returned => "order.returned",
-        OrderStatus::Refunded => "order.refunded",
-    }
+/// What a status change adds to its `order.<status>` event besides the order's summary.
+#[derive(Clone, Debug, Default)]
+pub enum Details {
+    #[default]
+    None,
+    /// `order.shipped` (the carrier and tracking number also on the order).
+    Shipment {
+        carrier: String,
+        tracking_number: String,
+    },
+    /// `order.returned`: the approved return.
+    Return { return_id: String },
+    /// `order.refunded`: the money given back and the refund that gave it.
+    Refund {
+        amount: Money,
+        refund_id: Option<String>,
+        source: Option<String>,
+    },
+}
+
+/// The `order.<status>` event of a change to `to` (a change whose event needs details it was
+/// not given is a bug of the caller: the transaction fails).
+fn status_event(
+    to: OrderStatus,
+    order: OrderSummary,
+    reason: Option<&str>,
+    details: Details,
+) -> StoreResult<NewEvent> {
+    use mercato_events::orders as ev;
+    let reason = reason.map(str::to_owned);
+    let missing = |what: &str| {
+        StoreError::Other(anyhow::anyhow!(
+            "order.{} of {} needs {what}",
+            to.as_str(),
+            order.order_id
+        ))
+    };
+    Ok(match (to, details) {
+        (OrderStatus::Pending, _) => NewEvent::of(&ev::OrderCreated { order, reason }),
+        (OrderStatus::Confirmed, _) => NewEvent::of(&ev::OrderConfirmed { order, reason }),
+        (OrderStatus::Failed, _) => NewEvent::of(&ev::OrderFailed { order, reason }),
+        (OrderStatus::Cancelled, _) => NewEvent::of(&ev::OrderCancelled { order, reason }),
+        (OrderStatus::Processing, _) => NewEvent::of(&ev::OrderFulfilmentStarted { order, reason }),
+        (
+            OrderStatus::Shipped,
+            Details::Shipment {
+                carrier,
+                tracking_number,
+            },
+        ) => NewEvent::of(&ev::OrderShipped {
+            order,
+            reason,
+            carrier,
+            tracking_number,
+        }),
+        (OrderStatus::Shipped, _) => return Err(missing("the shipment")),
+        (OrderStatus::Delivered, _) => NewEvent::of(&ev::OrderDelivered { order, reason }),
+        (OrderStatus::Returned, Details::Return { return_id }) => {
+            NewEvent::of(&ev::OrderReturned {
+                order,
+                reason,
+                return_id,
+            })
+        }
+        (OrderStatus::Returned, _) => return Err(missing("the return")),
+        (
+            OrderStatus::Refunded,
+            Details::Refund {
+                amount,
+                refund_id,
+                source,
+            },
+        ) => NewEvent::of(&ev::OrderRefunded {
+            order,
+            reason,
+            amount,
+            refund_id,
+            source,
+        }),
+        (OrderStatus::Refunded, _) => return Err(missing("the refund")),
+    })
 }
 
 const RETURN_COLUMNS: &str = "id, order_id, status, items, reason, refund_amount, currency, decision_reason, created_at, updated_at";
@@ -209,21 +279,27 @@ impl OrderStore {
     }
 
     /// The payload every order event carries.
-    pub fn event_data(o: &OrderRow, items: &[OrderItem], extra: Value) -> Value {
-        let mut data = json!({
-            "order_id": o.id,
-            "order_number": o.order_number,
-            "customer_id": o.customer_id,
-            "checkout_id": o.checkout_id,
-            "status": o.status.as_str(),
-            "total": o.total,
-            "items": items.iter().map(|i| json!({"sku": i.sku, "name": i.name, "quantity": i.quantity,
-                "product_id": i.product_id, "seller_id": i.seller_id, "unit_price": i.unit_price})).collect::<Vec<_>>(),
-        });
-        if let (Value::Object(d), Value::Object(e)) = (&mut data, extra) {
-            d.extend(e);
+    /// The order as its `order.*` events carry it.
+    pub fn summary(o: &OrderRow, items: &[OrderItem]) -> OrderSummary {
+        OrderSummary {
+            order_id: o.id.clone(),
+            order_number: o.order_number.clone(),
+            customer_id: o.customer_id.clone(),
+            checkout_id: o.checkout_id.clone(),
+            status: o.status.as_str().to_owned(),
+            total: o.total,
+            items: items
+                .iter()
+                .map(|i| OrderLine {
+                    sku: i.sku.clone(),
+                    name: i.name.clone(),
+                    quantity: i.quantity,
+                    product_id: i.product_id.clone(),
+                    seller_id: i.seller_id.clone(),
+                    unit_price: i.unit_price,
+                })
+                .collect(),
         }
-        data
     }
 
     /// Inserts an order in `status` (pending, or confirmed straight away) with its items and
@@ -294,12 +370,10 @@ impl OrderStore {
         outbox::append(
             tx,
             now,
-            NewEvent::new(
-                "order.created",
-                "order",
-                &o.id,
-                Self::event_data(&order, &o.items, json!({})),
-            ),
+            NewEvent::of(&OrderCreated {
+                order: Self::summary(&order, &o.items),
+                reason: None,
+            }),
         )
         .await?;
         if status == OrderStatus::Confirmed {
@@ -316,12 +390,10 @@ impl OrderStore {
             outbox::append(
                 tx,
                 now,
-                NewEvent::new(
-                    "order.confirmed",
-                    "order",
-                    &o.id,
-                    Self::event_data(&order, &o.items, json!({})),
-                ),
+                NewEvent::of(&OrderConfirmed {
+                    order: Self::summary(&order, &o.items),
+                    reason: None,
+                }),
             )
             .await?;
         }
@@ -448,7 +520,7 @@ impl OrderStore {
         event: OrderEvent,
         actor: &str,
         reason: Option<&str>,
-        extra: Value,
+        details: Details,
         now: Timestamp,
     ) -> StoreResult<Option<OrderRow>> {
         let to = from
@@ -476,22 +548,8 @@ impl OrderStore {
         let order = order_of(&row)?;
         Self::history_tx(tx, order_id, Some(from), to, actor, reason, now).await?;
         let items = Self::items_tx(tx, order_id, order.currency).await?;
-        let mut extra = extra;
-        if let (Some(r), Value::Object(e)) = (reason, &mut extra) {
-            e.entry("reason").or_insert(json!(r));
-        }
-        outbox::append(
-            tx,
-            now,
-            NewEvent::new(
-                status_event(to),
-                "order",
-                order_id,
-                Self::event_data(&order, &items, extra),
-            )
-            .version(order.version),
-        )
-        .await?;
+        let event = status_event(to, Self::summary(&order, &items), reason, details)?;
+        outbox::append(tx, now, event.version(order.version)).await?;
         Ok(Some(order))
     }
 

@@ -11,6 +11,9 @@ use crate::gateway::{
     ChargeOutcome, ChargeRequest, GatewayError, GatewayEvent, PaymentGateway, RefundOutcome,
     RefundRequest,
 };
+use mercato_events::payments::{
+    PaymentCaptured, PaymentChargeback, PaymentDeclined, PaymentPendingVerification,
+};
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::db::{StoreError, StoreResult, Tx};
 use mercato_kernel::error::{ApiError, Code};
@@ -227,13 +230,14 @@ impl PaymentService {
         outbox::append(
             tx,
             now,
-            NewEvent::new(
-                "payment.captured",
-                "payment",
-                &p.id,
-                json!({"payment_id": p.id, "checkout_id": p.checkout_id, "order_id": order_id,
-                       "customer_id": p.customer_id, "amount": m, "charge_id": charge_id}),
-            ),
+            NewEvent::of(&PaymentCaptured {
+                payment_id: p.id.clone(),
+                checkout_id: p.checkout_id.clone(),
+                order_id: order_id.map(str::to_owned),
+                customer_id: p.customer_id.clone(),
+                amount: m,
+                charge_id: charge_id.to_owned(),
+            }),
         )
         .await?;
         Ok(true)
@@ -279,13 +283,13 @@ impl PaymentService {
         outbox::append(
             tx,
             now,
-            NewEvent::new(
-                "payment.declined",
-                "payment",
-                &p.id,
-                json!({"payment_id": p.id, "checkout_id": p.checkout_id, "customer_id": p.customer_id,
-                       "amount": p.amount, "decline_code": code}),
-            ),
+            NewEvent::of(&PaymentDeclined {
+                payment_id: p.id.clone(),
+                checkout_id: p.checkout_id.clone(),
+                customer_id: p.customer_id.clone(),
+                amount: p.amount,
+                decline_code: code.to_owned(),
+            }),
         )
         .await?;
         Ok(true)
@@ -329,12 +333,12 @@ impl PaymentService {
         outbox::append(
             tx,
             now,
-            NewEvent::new(
-                "payment.pending_verification",
-                "payment",
-                &p.id,
-                json!({"payment_id": p.id, "checkout_id": p.checkout_id, "customer_id": p.customer_id, "amount": p.amount}),
-            ),
+            NewEvent::of(&PaymentPendingVerification {
+                payment_id: p.id.clone(),
+                checkout_id: p.checkout_id.clone(),
+                customer_id: p.customer_id.clone(),
+                amount: p.amount,
+            }),
         )
         .await?;
         Ok(true)
@@ -770,12 +774,12 @@ impl PaymentService {
             outbox::append(
                 &mut tx,
                 now,
-                NewEvent::new(
-                    "payment.chargeback",
-                    "payment",
-                    &p.id,
-                    json!({"payment_id": p.id, "order_id": p.order_id, "customer_id": p.customer_id, "amount": amount}),
-                ),
+                NewEvent::of(&PaymentChargeback {
+                    payment_id: p.id.clone(),
+                    order_id: p.order_id.clone(),
+                    customer_id: p.customer_id.clone(),
+                    amount,
+                }),
             )
             .await?;
         } else {

@@ -5,6 +5,7 @@
 //! requests race.
 
 use super::model::{Entry, LedgerEntry, Payment, PaymentStatus, Refund};
+use mercato_events::payments::PaymentRefunded;
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx};
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Currency, Money, Timestamp};
@@ -492,14 +493,15 @@ impl PaymentStore {
         outbox::append(
             &mut tx,
             now,
-            NewEvent::new(
-                "payment.refunded",
-                "payment",
-                &refund.refund.payment_id,
-                json!({"payment_id": refund.refund.payment_id, "refund_id": refund.refund.id, "order_id": order_id,
-                       "customer_id": customer_id, "amount": refund.refund.amount, "source": refund.refund.source,
-                       "source_id": refund.refund.source_id}),
-            ),
+            NewEvent::of(&PaymentRefunded {
+                payment_id: refund.refund.payment_id.clone(),
+                refund_id: refund.refund.id.clone(),
+                order_id: order_id.map(str::to_owned),
+                customer_id: customer_id.to_owned(),
+                amount: refund.refund.amount,
+                source: refund.refund.source.clone(),
+                source_id: refund.refund.source_id.clone(),
+            }),
         )
         .await?;
         tx.commit().await?;

@@ -11,9 +11,8 @@ use crate::catalog::model::Category;
 use anyhow::Context as _;
 use mercato_kernel::Kernel;
 use mercato_kernel::error::ApiError;
-use mercato_kernel::outbox::{EmbeddedBus, Event, EventHandler};
+use mercato_kernel::outbox::{EmbeddedBus, Event, EventHandler, EventPayload as _};
 use mercato_kernel::shutdown::Shutdown;
-use serde_json::Value;
 use sha2::Digest as _;
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -449,36 +448,49 @@ struct Indexer {
     search: SearchService,
 }
 
-/// `product_id` and `sku` values found at the top of `data` or one level down in arrays of
-/// objects (`lines: [{sku}]`); anything else is ignored.
-fn references(data: &Value) -> (Vec<String>, Vec<String>) {
-    let mut products = Vec::new();
-    let mut skus = Vec::new();
-    let mut take = |obj: &serde_json::Map<String, Value>| {
-        if let Some(Value::String(p)) = obj.get("product_id") {
-            products.push(p.clone());
-        }
-        if let Some(Value::String(s)) = obj.get("sku") {
-            skus.push(s.clone());
-        }
-        if let Some(Value::Array(a)) = obj.get("skus") {
-            skus.extend(a.iter().filter_map(|s| s.as_str().map(str::to_owned)));
-        }
+/// What an event asks the index to re-read: products by id (with the catalog version the
+/// event announces) or by SKU. The payload is decoded with its producer's type.
+#[derive(Debug, Default, PartialEq)]
+struct References {
+    products: Vec<String>,
+    skus: Vec<String>,
+    version: Option<i64>,
+}
+
+fn references(event: &Event) -> anyhow::Result<References> {
+    use mercato_events::catalog::{ProductCreated, ProductUpdated};
+    use mercato_events::inventory::{Adjusted, Committed, LowStock, Released, Reserved};
+    let product = |id: String, version: i64| References {
+        products: vec![id],
+        version: Some(version),
+        ..References::default()
     };
-    if let Value::Object(obj) = data {
-        take(obj);
-        for v in obj.values() {
-            if let Value::Array(items) = v {
-                for item in items {
-                    if let Value::Object(o) = item {
-                        take(o);
-                    }
-                }
-            }
+    let skus = |skus: Vec<String>| References {
+        skus,
+        ..References::default()
+    };
+    let lines = |lines: Vec<mercato_events::inventory::StockLine>| {
+        skus(lines.into_iter().map(|l| l.sku).collect())
+    };
+    let mut r = match event.event_type.as_str() {
+        ProductCreated::TYPE => {
+            let p: ProductCreated = event.decode()?;
+            product(p.product_id, p.version)
         }
-    }
-    products.retain(|p| mercato_kernel::id::is_valid("prd", p));
-    (products, skus)
+        ProductUpdated::TYPE => {
+            let p: ProductUpdated = event.decode()?;
+            product(p.product_id, p.version)
+        }
+        Reserved::TYPE => lines(event.decode::<Reserved>()?.lines),
+        Released::TYPE => lines(event.decode::<Released>()?.lines),
+        Committed::TYPE => lines(event.decode::<Committed>()?.lines),
+        Adjusted::TYPE => skus(vec![event.decode::<Adjusted>()?.sku]),
+        LowStock::TYPE => skus(vec![event.decode::<LowStock>()?.sku]),
+        _ => References::default(),
+    };
+    r.products
+        .retain(|p| mercato_kernel::id::is_valid("prd", p));
+    Ok(r)
 }
 
 #[async_trait::async_trait]
@@ -500,10 +512,11 @@ impl EventHandler for Indexer {
         if event.occurred_at.as_micros() < engine.rebuilt_at().saturating_sub(slack) {
             return Ok(());
         }
-        let (mut products, skus) = references(&event.data);
-        if CATALOG_EVENTS.contains(&event.event_type.as_str()) && products.is_empty() {
-            products.push(event.aggregate_id.clone());
-        }
+        let References {
+            mut products,
+            skus,
+            version,
+        } = references(event)?;
         if !skus.is_empty() {
             let found = self
                 .search
@@ -518,10 +531,7 @@ impl EventHandler for Indexer {
         products.dedup();
         // A catalog event about a version the index already has needs no re-read (replays
         // after a rebuild, bulk loads racing the rebuild that already covered them).
-        if let (true, Some(v)) = (
-            CATALOG_EVENTS.contains(&event.event_type.as_str()),
-            event.data.get("version").and_then(Value::as_i64),
-        ) {
+        if let Some(v) = version {
             let mut stale = Vec::with_capacity(products.len());
             for p in products {
                 let e = engine.clone();
@@ -545,17 +555,47 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn event(t: &str, data: serde_json::Value) -> Event {
+        Event {
+            id: "evt_1".into(),
+            event_type: t.into(),
+            occurred_at: mercato_kernel::Timestamp::from_micros(0),
+            aggregate_type: "stock".into(),
+            aggregate_id: "A-1".into(),
+            correlation_id: None,
+            causation_id: None,
+            version: 1,
+            data,
+        }
+    }
+
     #[test]
-    fn references_are_found_tolerantly() {
+    fn references_come_from_the_typed_payloads() {
         let id = mercato_kernel::id::new_id("prd");
-        let (p, s) = references(&json!({"product_id": id, "sku": "A-1"}));
-        assert_eq!((p, s), (vec![id], vec!["A-1".to_owned()]));
-        let (_, s) = references(&json!({"lines": [{"sku": "B"}, {"qty": 1}], "skus": ["C"]}));
-        assert_eq!(s, vec!["C", "B"]);
-        let (p, s) = references(&json!("nonsense"));
-        assert!(p.is_empty() && s.is_empty());
-        let (p, _) = references(&json!({"product_id": "not-an-id"}));
-        assert!(p.is_empty());
+        let r = references(&event(
+            "catalog.product_updated",
+            json!({"product_id": id, "seller_id": "usr_1", "version": 4, "reason": "review"}),
+        ))
+        .expect("decodes");
+        assert_eq!((r.products, r.version), (vec![id], Some(4)));
+        let r = references(&event(
+            "inventory.reserved",
+            json!({"checkout_id": "chk_1", "lines": [{"sku": "B", "warehouse_id": "wh_1", "quantity": 1},
+                                                     {"sku": "C", "warehouse_id": "wh_1", "quantity": 2}]}),
+        ))
+        .expect("decodes");
+        assert_eq!(r.skus, vec!["B", "C"]);
+        let r = references(&event(
+            "catalog.product_created",
+            json!({"product_id": "not-an-id", "seller_id": "usr_1", "version": 1, "reason": "created"}),
+        ))
+        .expect("decodes");
+        assert!(r.products.is_empty());
+        assert!(references(&event("inventory.adjusted", json!({"sku": "A-1"}))).is_err());
+        assert_eq!(
+            references(&event("order.created", json!("nonsense"))).expect("ignored"),
+            References::default()
+        );
     }
 
     #[test]

@@ -58,6 +58,11 @@ pub trait EventPayload: Serialize + serde::de::DeserializeOwned + Send + Sync + 
     const TYPE: &'static str;
     /// The aggregate type, e.g. `order`.
     const AGGREGATE: &'static str;
+    /// The aggregate type of this event: [`Self::AGGREGATE`] unless the payload says
+    /// otherwise (one event type about either of two aggregates, e.g. `fraud.flagged`).
+    fn aggregate_type(&self) -> &'static str {
+        Self::AGGREGATE
+    }
     /// The id of the aggregate the event is about.
     fn aggregate_id(&self) -> &str;
 }
@@ -94,7 +99,12 @@ impl NewEvent {
 
     /// The event carrying `payload` (type, aggregate and id from its [`EventPayload`] impl).
     pub fn of<P: EventPayload>(payload: &P) -> NewEvent {
-        NewEvent::new(P::TYPE, P::AGGREGATE, payload.aggregate_id(), payload)
+        NewEvent::new(
+            P::TYPE,
+            payload.aggregate_type(),
+            payload.aggregate_id(),
+            payload,
+        )
     }
 
     pub fn version(mut self, v: i64) -> NewEvent {

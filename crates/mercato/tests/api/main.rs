@@ -8,6 +8,7 @@ mod cli;
 mod commerce_notifications;
 mod crash;
 mod docs;
+mod events;
 mod garbage;
 mod gateway;
 mod group_commit;

@@ -1437,52 +1437,75 @@ async fn commerce_events_become_notifications_once_per_event() {
             .is_some_and(|s| s.starts_with("Welcome to Mercato"))
     }));
 
-    let money = json!({"amount": 2500, "currency": "USD"});
+    // Built with the producers' payload types (mercato-events), as the producers do.
+    use mercato_events::{inventory, orders, payments};
+    let money = mercato_kernel::Money::new(2500, mercato_kernel::Currency::USD);
+    let order = |status: &str| orders::OrderSummary {
+        order_id: "ord_e1".into(),
+        order_number: "M-100".into(),
+        customer_id: uid.clone(),
+        checkout_id: "chk_e1".into(),
+        status: status.into(),
+        total: money,
+        items: vec![orders::OrderLine {
+            sku: "TEE".into(),
+            name: "T-shirt".into(),
+            quantity: 2,
+            product_id: "prd_e1".into(),
+            seller_id: "usr_e1".into(),
+            unit_price: mercato_kernel::Money::new(1250, mercato_kernel::Currency::USD),
+        }],
+    };
     let events = [
-        (
-            "order.confirmed",
-            json!({"order_id": "ord_e1", "order_number": "M-100", "customer_id": uid,
-            "total": money, "items": [{"sku": "TEE", "name": "T-shirt", "quantity": 2}], "placed_via": "web"}),
-        ),
-        (
-            "payment.declined",
-            json!({"payment_id": "pay_e1", "checkout_id": "chk_e1", "customer_id": uid,
-            "amount": money, "decline_code": "card_declined"}),
-        ),
-        (
-            "order.shipped",
-            json!({"order_id": "ord_e1", "order_number": "M-100", "customer_id": uid,
-            "carrier": "UPS", "tracking_number": "1Z"}),
-        ),
-        (
-            "order.delivered",
-            json!({"order_id": "ord_e1", "order_number": "M-100", "customer_id": uid}),
-        ),
-        (
-            "order.refunded",
-            json!({"order_id": "ord_e1", "order_number": "M-100", "customer_id": uid, "amount": money}),
-        ),
-        (
-            "order.returned",
-            json!({"order_id": "ord_e1", "order_number": "M-100", "customer_id": uid, "return_id": "ret_e1"}),
-        ),
-        (
-            "inventory.low_stock",
-            json!({"sku": "TEE", "warehouse_id": "wh_e1", "available": 3, "threshold": 10}),
-        ),
+        NewEvent::of(&orders::OrderConfirmed {
+            order: order("confirmed"),
+            reason: None,
+        }),
+        NewEvent::of(&payments::PaymentDeclined {
+            payment_id: "pay_e1".into(),
+            checkout_id: "chk_e1".into(),
+            customer_id: uid.clone(),
+            amount: money,
+            decline_code: "card_declined".into(),
+        }),
+        NewEvent::of(&orders::OrderShipped {
+            order: order("shipped"),
+            reason: Some("shipped".into()),
+            carrier: "UPS".into(),
+            tracking_number: "1Z".into(),
+        }),
+        NewEvent::of(&orders::OrderDelivered {
+            order: order("delivered"),
+            reason: None,
+        }),
+        NewEvent::of(&orders::OrderRefunded {
+            order: order("refunded"),
+            reason: None,
+            amount: money,
+            refund_id: None,
+            source: None,
+        }),
+        NewEvent::of(&orders::OrderReturned {
+            order: order("returned"),
+            reason: None,
+            return_id: "ret_e1".into(),
+        }),
+        NewEvent::of(&inventory::LowStock {
+            sku: "TEE".into(),
+            warehouse_id: "wh_e1".into(),
+            available: 3,
+            threshold: 10,
+        }),
     ];
     let mut appended = Vec::new();
     let db = &app.state.kernel.db;
     let mut tx = db.begin().await.unwrap_or_else(|e| panic!("{e}"));
-    for (t, data) in &events {
-        let id = mercato_kernel::outbox::append(
-            &mut tx,
-            now(&app),
-            NewEvent::new(t, "order", "ord_e1", data.clone()),
-        )
-        .await
-        .unwrap_or_else(|e| panic!("{e}"));
-        appended.push((id, *t, data.clone()));
+    for e in events {
+        let (t, data) = (e.event_type.clone(), e.data.clone());
+        let id = mercato_kernel::outbox::append(&mut tx, now(&app), e)
+            .await
+            .unwrap_or_else(|e| panic!("{e}"));
+        appended.push((id, t, data));
     }
     tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
 
@@ -1549,7 +1572,7 @@ async fn commerce_events_become_notifications_once_per_event() {
     for (id, t, data) in &appended {
         let event = Event {
             id: id.clone(),
-            event_type: (*t).to_owned(),
+            event_type: t.clone(),
             occurred_at: now(&app),
             aggregate_type: "order".into(),
             aggregate_id: "ord_e1".into(),

@@ -1,6 +1,7 @@
 //! Search, listing with facets, suggestions: the index is fed by events, so every assertion
 //! on results waits (`eventually`) for the projection to catch up.
 
+use mercato_events::inventory::LowStock;
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_testkit::{Client, TestApp, TestResponse, sample_product, spawn_app};
 use serde_json::{Value, json};
@@ -307,7 +308,12 @@ async fn filters_by_category_brand_price_rating_and_stock() {
     outbox::append(
         &mut tx,
         app.state.kernel.clock.now(),
-        NewEvent::new("inventory.low_stock", "stock", "X", json!({"sku": "NOPE"})),
+        NewEvent::of(&LowStock {
+            sku: "NOPE".into(),
+            warehouse_id: "wh_test".into(),
+            available: 0,
+            threshold: 5,
+        }),
     )
     .await
     .expect("append");
