@@ -174,3 +174,148 @@ async fn every_purchase_acknowledged_before_a_kill_9_is_there_after_the_restart(
         acked.len()
     );
 }
+
+/// Issue 16: a pay in flight when the server is killed, retried with the same
+/// `Idempotency-Key` after the restart, converges to what the gateway did — 201 with the order
+/// it paid for (or 402 when the charge never reached the gateway) — within the saga recovery
+/// threshold, and is never charged twice. The gateway is its own peer here (a real HTTP
+/// simulator outside the killed process), as a real gateway would be.
+#[tokio::test]
+async fn a_pay_retried_after_a_kill_9_gets_the_order_it_paid_for() {
+    let sim = mercato_gateway_sim::GatewaySim::start(mercato_gateway_sim::SimConfig {
+        latency: Duration::from_millis(400),
+        ..mercato_gateway_sim::SimConfig::default()
+    })
+    .await
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    let gateway_url = sim.base_url();
+    let env = [
+        ("MERCATO_GATEWAY_URL", gateway_url.as_str()),
+        ("MERCATO_GATEWAY_WEBHOOK_SECRET", "whsec_crash_test"),
+    ];
+    let data = ProcessData::new().await.unwrap_or_else(|e| panic!("{e:#}"));
+    create_user(bin(), &data, "admin@crash.test", PASSWORD, "admin")
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let server = ServerProcess::start(bin(), &data, &env).unwrap_or_else(|e| panic!("{e:#}"));
+    let (_, skus, customers) = shop(&server.api, 2, 16).await;
+    // Open checkouts, then pay them all at once and kill the server while the charges are
+    // at the (slow) gateway.
+    let mut pays = Vec::new();
+    for (i, c) in customers.iter().enumerate() {
+        let cart = c.create_cart().await;
+        assert_eq!(cart.status, 201, "{}", cart.body);
+        let r = c.add_to_cart(&cart.id(), &skus[i % skus.len()], 1).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let chk = c.checkout(&cart.id(), sample_address()).await;
+        assert_eq!(chk.status, 201, "{}", chk.body);
+        pays.push((
+            c.token.clone().unwrap_or_default(),
+            chk.id(),
+            format!("k-{i}"),
+        ));
+    }
+    let body = json!({"payment_method": "card", "payment_token": "tok_visa"});
+    let mut inflight = Vec::new();
+    for (token, chk, key) in pays.clone() {
+        let c = server.api.with_token(&token);
+        let body = body.clone();
+        inflight.push(tokio::spawn(async move {
+            c.try_send(
+                reqwest::Method::POST,
+                &format!("/checkouts/{chk}/pay"),
+                Some(&body),
+                &[("idempotency-key", &key)],
+            )
+            .await
+            .map(|r| r.status)
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    server.kill9();
+    let mut answered_before_kill = 0;
+    for t in inflight {
+        if matches!(t.await, Ok(Ok(201))) {
+            answered_before_kill += 1;
+        }
+    }
+
+    let started = std::time::Instant::now();
+    let server = ServerProcess::start(bin(), &data, &env).unwrap_or_else(|e| panic!("{e:#}"));
+    let mut outcomes = Vec::new();
+    for (token, chk, key) in &pays {
+        let c = server.api.with_token(token);
+        let outcome = loop {
+            let r = c
+                .try_send(
+                    reqwest::Method::POST,
+                    &format!("/checkouts/{chk}/pay"),
+                    Some(&body),
+                    &[("idempotency-key", key)],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            if r.status == 201 || r.status == 402 {
+                break r;
+            }
+            assert!(
+                r.status == 409 || r.status == 202,
+                "a retry answers the outcome or asks to retry: {} {}",
+                r.status,
+                r.body
+            );
+            assert!(
+                r.code() != "checkout_not_open",
+                "a retry is never refused for the checkout's own state: {}",
+                r.body
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(30),
+                "the retry did not converge within the saga recovery threshold: {}",
+                r.body
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        };
+        let reference = format!("{chk}:pay:1");
+        if outcome.status == 201 {
+            let order = outcome.body["order_id"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned();
+            let o = c.order(&order).await;
+            assert_eq!(o.status, 200, "{}", o.body);
+            assert_eq!(o.body["status"], "confirmed", "{}", o.body);
+            assert_eq!(o.body["checkout_id"], chk.as_str(), "{}", o.body);
+            assert_eq!(sim.captured_count(&reference), 1, "charged exactly once");
+            // The same key keeps answering the same order.
+            let again = c
+                .try_send(
+                    reqwest::Method::POST,
+                    &format!("/checkouts/{chk}/pay"),
+                    Some(&body),
+                    &[("idempotency-key", key)],
+                )
+                .await
+                .unwrap_or_else(|e| panic!("{e}"));
+            assert_eq!(again.status, 201, "{}", again.body);
+            assert_eq!(again.body["order_id"], order.as_str());
+        } else {
+            assert_eq!(
+                sim.captured_count(&reference),
+                0,
+                "402 only when nothing was charged: {}",
+                outcome.body
+            );
+        }
+        outcomes.push(outcome.status);
+    }
+    let paid = outcomes.iter().filter(|s| **s == 201).count();
+    assert!(
+        paid >= answered_before_kill,
+        "{paid} paid after the restart, {answered_before_kill} answered before the kill"
+    );
+    assert_eq!(
+        sim.charges().iter().filter(|c| c.captured).count(),
+        paid,
+        "every charge has exactly one order"
+    );
+}
