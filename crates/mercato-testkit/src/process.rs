@@ -104,6 +104,16 @@ impl ServerProcess {
         })
     }
 
+    /// The child's resident memory (VmRSS), KiB; `None` where /proc is not available.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).ok()?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+    }
+
     /// `kill -9`: no graceful shutdown, nothing flushed.
     pub fn kill9(mut self) {
         let _ = self.child.kill();

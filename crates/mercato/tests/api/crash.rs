@@ -319,3 +319,73 @@ async fn a_pay_retried_after_a_kill_9_gets_the_order_it_paid_for() {
         "every charge has exactly one order"
     );
 }
+
+/// Issue 16: a storm of 200 concurrent logins with production-size argon2 parameters keeps
+/// the server's memory bounded (one reused buffer per hashing thread) and its other requests
+/// answering.
+#[tokio::test]
+async fn a_login_storm_keeps_memory_bounded_and_other_requests_answering() {
+    if !Path::new("/proc/self/status").exists() {
+        eprintln!("skipped: no /proc to read the server's memory from");
+        return;
+    }
+    let data = ProcessData::new().await.unwrap_or_else(|e| panic!("{e:#}"));
+    let env = [
+        ("MERCATO_PASSWORD_HASH_MEMORY_KIB", "19456"),
+        ("MERCATO_PASSWORD_HASH_ITERATIONS", "1"),
+    ];
+    let server = ServerProcess::start(bin(), &data, &env).unwrap_or_else(|e| panic!("{e:#}"));
+    let api = server.api.clone();
+    let mut emails = Vec::new();
+    let mut regs = Vec::new();
+    for _ in 0..200 {
+        let email = crate::unique_email("storm");
+        emails.push(email.clone());
+        let api = api.clone();
+        regs.push(tokio::spawn(async move {
+            api.register(&email, PASSWORD).await.status
+        }));
+    }
+    for r in regs {
+        let status = r.await.unwrap_or(0);
+        assert!(status == 201 || status == 503, "register answered {status}");
+    }
+    let idle = server.rss_kib().unwrap_or(0);
+    let mut logins = Vec::new();
+    for email in emails {
+        let api = api.clone();
+        logins.push(tokio::spawn(async move {
+            api.login(&email, PASSWORD).await.status
+        }));
+    }
+    // Meanwhile the rest of the API answers.
+    let mut peak = idle;
+    let mut slowest = Duration::ZERO;
+    while !logins.iter().all(|l| l.is_finished()) {
+        let t = std::time::Instant::now();
+        let r = api.get("/products").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        slowest = slowest.max(t.elapsed());
+        peak = peak.max(server.rss_kib().unwrap_or(0));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut ok = 0;
+    for l in logins {
+        match l.await.unwrap_or(0) {
+            200 => ok += 1,
+            503 => {}
+            other => panic!("login answered {other}"),
+        }
+    }
+    assert!(ok > 0, "some logins went through");
+    assert!(
+        peak < 200 * 1024,
+        "RSS peaked at {} MiB during the storm (idle {} MiB)",
+        peak / 1024,
+        idle / 1024
+    );
+    assert!(
+        slowest < Duration::from_secs(2),
+        "other requests waited {slowest:?} during the storm"
+    );
+}
