@@ -413,7 +413,9 @@ pub async fn middleware(store: Arc<IdempotencyStore>, req: Request, next: Next) 
     if claim.stored_status.load(Ordering::SeqCst) == status.as_u16() {
         return resp; // stored in the handler's own transaction
     }
+    // 401: the caller is not who the key's scope says (often "anonymous"), and nothing ran.
     let release = resp.extensions().get::<DoNotStore>().is_some()
+        || status == StatusCode::UNAUTHORIZED
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::SERVICE_UNAVAILABLE;
     if release {

@@ -106,6 +106,7 @@ enum SearchSort {
 #[allow(dead_code)]
 struct ListOrder {
     /// Default `newest`.
+    #[param(inline)]
     sort: Option<ListSort>,
 }
 
@@ -117,6 +118,7 @@ struct SearchText {
     #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
     q: String,
     /// Default `relevance`.
+    #[param(inline)]
     sort: Option<SearchSort>,
 }
 

@@ -9,9 +9,11 @@
 //!   takes a body or a query string, 413/415 for a JSON body, 404 when its path has an id,
 //!   401/403 everywhere (secured routes need a token and a role; on public routes an invalid
 //!   token is refused and a suspended account is forbidden), 429 and 503 everywhere;
-//! - declares the `Idempotency-Key` header on every unsafe operation (optional unless the
-//!   handler declared it required), with the key's syntax and the idempotency errors (400
-//!   malformed key, 409 key in flight, 422 key reused with another body).
+//! - gives the `Idempotency-Key` header, where a handler declares it (the routes that require
+//!   it), the key's syntax; every unsafe operation documents the idempotency errors (400
+//!   malformed key, 409 key in flight, 422 key reused with another request). The header is
+//!   accepted on every unsafe route (API.md "Idempotency") but declared only where required,
+//!   so generated clients and fuzzers do not send one shared key to unrelated requests.
 
 use utoipa::Modify;
 use utoipa::openapi::content::ContentBuilder;
@@ -145,15 +147,12 @@ fn complete(op: &mut Operation, method: &str, path: &str) {
     let params = op.parameters.get_or_insert_with(Vec::new);
     let unsafe_method = matches!(method, "post" | "put" | "patch" | "delete");
     if unsafe_method {
-        match params
+        if let Some(p) = params
             .iter_mut()
             .find(|p| p.parameter_in == ParameterIn::Header && p.name == IDEMPOTENCY_KEY)
         {
-            Some(p) => {
-                let required = p.required.clone();
-                *p = idempotency_key(required);
-            }
-            None => params.push(idempotency_key(Required::False)),
+            let required = p.required.clone();
+            *p = idempotency_key(required);
         }
     }
     let has_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
