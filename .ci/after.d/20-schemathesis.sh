@@ -79,7 +79,7 @@
         if [ "$st_who" = admin ]; then st_token="$st_admin"; else st_token="$st_customer"; fi
         echo "-- schemathesis $st_version as the demo $st_who (at most $st_examples examples, $st_seconds s)"
         st_rc=0
-        timeout --kill-after=10 "$st_seconds" schemathesis run "$st_url/api/v1/openapi.json" \
+        timeout --kill-after=10 "$st_seconds" schemathesis --config-file .ci/schemathesis.toml run "$st_url/api/v1/openapi.json" \
             --checks all \
             --header "Authorization: Bearer $st_token" \
             --max-examples "$st_examples" \

@@ -69,7 +69,9 @@ async fn pay(
 #[into_params(parameter_in = Query)]
 pub struct SagaQuery {
     /// `running`, `awaiting_verification`, `completed`, `compensating`, `compensated`, `failed`.
-    #[param(pattern = "^(running|awaiting_verification|completed|compensating|compensated|failed)$")]
+    #[param(
+        pattern = "^(running|awaiting_verification|completed|compensating|compensated|failed)$"
+    )]
     pub status: Option<String>,
     #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,

@@ -6,8 +6,8 @@ use crate::AppState;
 use axum::Json;
 use axum::extract::{RawQuery, State};
 use mercato_kernel::error::{ApiError, Code, Problem};
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -72,7 +72,9 @@ impl utoipa::PartialSchema for Brand {
             .schema_type(Type::String)
             .min_length(Some(1))
             .max_length(Some(100))
-            .pattern(Some(r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"))
+            .pattern(Some(
+                r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$",
+            ))
             .into()
     }
 }
@@ -115,7 +117,11 @@ struct ListOrder {
 #[allow(dead_code)]
 struct SearchText {
     /// The text query (required, not blank, ≤ 200 characters, no control characters).
-    #[param(min_length = 1, max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[param(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     q: String,
     /// Default `relevance`.
     #[param(inline)]
@@ -127,7 +133,11 @@ struct SearchText {
 #[allow(dead_code)]
 struct SuggestParams {
     /// What the user has typed so far (required, not blank, ≤ 100 characters).
-    #[param(min_length = 1, max_length = 100, pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$")]
+    #[param(
+        min_length = 1,
+        max_length = 100,
+        pattern = r"^[^\x00-\x1f\x7f-\x9f]*[^\s\x00-\x1f\x7f-\x9f][^\x00-\x1f\x7f-\x9f]*$"
+    )]
     q: String,
     /// 1..=10, default 10.
     #[param(minimum = 1, maximum = 10)]

@@ -71,7 +71,9 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
                     // JSON has one number type: `2.0` is the integer 2 to JSON Schema and to
                     // the OpenAPI document's readers, so it is read as one (on this error path
                     // only, so well-formed requests pay nothing).
-                    if inner.to_string().starts_with("invalid type: floating point")
+                    if inner
+                        .to_string()
+                        .starts_with("invalid type: floating point")
                         && let Some(fixed) = whole_floats_as_integers(bytes)
                     {
                         return parse_json(&fixed);

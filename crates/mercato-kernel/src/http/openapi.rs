@@ -45,7 +45,11 @@ const STANDARD: &[(u16, &str, &str)] = &[
         "Forbidden",
         "The role or ownership does not allow it, or the account is suspended.",
     ),
-    (404, "NotFound", "No such resource (or not visible to the caller)."),
+    (
+        404,
+        "NotFound",
+        "No such resource (or not visible to the caller).",
+    ),
     (
         409,
         "Conflict",

@@ -190,7 +190,10 @@ async fn idempotent_operations_declare_the_idempotency_key() {
         if method != "get" {
             // Any unsafe request may carry a key: its errors are documented everywhere.
             for status in ["400", "409", "422"] {
-                assert!(op["responses"].get(status).is_some(), "{method} {path} {status}");
+                assert!(
+                    op["responses"].get(status).is_some(),
+                    "{method} {path} {status}"
+                );
             }
         }
         let Some(key) = param(&doc, op, "Idempotency-Key", "header") else {
@@ -219,7 +222,10 @@ async fn public_stock_is_documented_as_served() {
     let app = spawn_app().await;
     let doc = app.api.get("/openapi.json").await.body;
     let op = &doc["paths"]["/api/v1/inventory/{sku}"]["get"];
-    let schema = resolve(&doc, &op["responses"]["200"]["content"]["application/json"]["schema"]);
+    let schema = resolve(
+        &doc,
+        &op["responses"]["200"]["content"]["application/json"]["schema"],
+    );
     let variants: Vec<&Value> = schema["oneOf"]
         .as_array()
         .into_iter()
