@@ -150,14 +150,13 @@ fn complete(op: &mut Operation, method: &str, path: &str) {
 
     let params = op.parameters.get_or_insert_with(Vec::new);
     let unsafe_method = matches!(method, "post" | "put" | "patch" | "delete");
-    if unsafe_method {
-        if let Some(p) = params
+    if unsafe_method
+        && let Some(p) = params
             .iter_mut()
             .find(|p| p.parameter_in == ParameterIn::Header && p.name == IDEMPOTENCY_KEY)
-        {
-            let required = p.required.clone();
-            *p = idempotency_key(required);
-        }
+    {
+        let required = p.required.clone();
+        *p = idempotency_key(required);
     }
     let has_query = params.iter().any(|p| p.parameter_in == ParameterIn::Query);
     let has_path_param =
