@@ -496,7 +496,9 @@ pub async fn middleware(store: Arc<IdempotencyStore>, req: Request, next: Next) 
         }
         return resp;
     }
+    // 401: the caller is not who the key's scope says (often "anonymous"), and nothing ran.
     let release = resp.extensions().get::<DoNotStore>().is_some()
+        || status == StatusCode::UNAUTHORIZED
         || status == StatusCode::TOO_MANY_REQUESTS
         || status == StatusCode::SERVICE_UNAVAILABLE;
     if release {

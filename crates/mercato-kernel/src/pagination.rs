@@ -12,8 +12,10 @@ pub const MAX_LIMIT: u32 = 100;
 
 /// Raw `limit` and `cursor` query parameters.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct PageQuery {
     /// 1..=100, default 20.
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     /// Opaque cursor from a previous page's `next_cursor`.
     pub cursor: Option<String>,

@@ -302,9 +302,12 @@ async fn put_preferences(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct InboxQuery {
-    /// `true` for unread items only.
+    /// `true` (or `1`) for unread items only.
+    #[param(pattern = "^(true|false|1|0)$")]
     pub unread: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
@@ -385,6 +388,7 @@ async fn inbox_unread_count(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StreamQuery {
     /// Same as the `Last-Event-ID` header (for clients that cannot set headers); the header wins.
@@ -595,11 +599,14 @@ async fn redrive(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     /// RFC 3339; default 24 h before `to`.
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339; default now.
+    #[param(format = DateTime)]
     pub to: Option<String>,
 }
 

@@ -57,9 +57,12 @@ pub fn api(
         .merge(mercato_kernel::outbox::admin::router::<AppState>())
         // The notification platform has its own state.
         .merge(mercato_notify::router().with_state(notify));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
-        .split_for_parts()
+        .split_for_parts();
+    // Once every route is in: the error responses and headers all routes share.
+    mercato_kernel::http::openapi::StandardResponses.modify(&mut doc);
+    (router, doc)
 }
 
 /// The whole HTTP surface with its middleware.

@@ -52,7 +52,7 @@ async fn get_checkout(
 /// Pay (`Idempotency-Key` required): 201 confirmed; 402 `payment_declined` (stock released);
 /// 202 `pending_verification` when the gateway's answer is unknown; 409 `checkout_expired` or
 /// `checkout_not_open`; 403 `fraud_blocked`. Never charges twice.
-#[utoipa::path(post, path = "/checkouts/{id}/pay", tag = "checkout", params(("id" = String, Path)), request_body = PayRequest,
+#[utoipa::path(post, path = "/checkouts/{id}/pay", tag = "checkout", params(("id" = String, Path), ("Idempotency-Key" = String, Header, description = "required")), request_body = PayRequest,
     responses((status = 201, body = PayResult), (status = 202, body = PayResult), (status = 402, body = Problem),
               (status = 403, body = Problem), (status = 409, body = Problem)),
     security(("bearer" = [])))]
@@ -76,9 +76,14 @@ async fn pay(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SagaQuery {
     /// `running`, `awaiting_verification`, `completed`, `compensating`, `compensated`, `failed`.
+    #[param(
+        pattern = "^(running|awaiting_verification|completed|compensating|compensated|failed)$"
+    )]
     pub status: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

@@ -157,14 +157,25 @@ async fn adjust_stock(
 #[derive(Serialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StockView {
+    /// Admins and the SKU's seller.
     Full(StockLevel),
-    Public { sku: String, available: i64 },
+    /// Everyone else.
+    Public(PublicStock),
+}
+
+/// The stock anyone may see: how many units can be bought now.
+#[derive(Serialize, utoipa::ToSchema)]
+// Documents `additionalProperties: false`, so a full level never matches this schema too.
+#[serde(deny_unknown_fields)]
+pub struct PublicStock {
+    pub sku: String,
+    pub available: i64,
 }
 
 /// Stock of a SKU. Admins and the SKU's seller get on-hand, reserved and the per-warehouse
 /// breakdown; everyone else gets `{sku, available}`.
 #[utoipa::path(get, path = "/inventory/{sku}", tag = "inventory", params(("sku" = String, Path)),
-    responses((status = 200, body = StockLevel), (status = 404, body = Problem)))]
+    responses((status = 200, body = StockView), (status = 404, body = Problem)))]
 async fn get_stock(
     State(s): State<AppState>,
     MaybePrincipal(p): MaybePrincipal,
@@ -184,10 +195,10 @@ async fn get_stock(
     Ok(Json(if full {
         StockView::Full(level)
     } else {
-        StockView::Public {
+        StockView::Public(PublicStock {
             sku: level.sku,
             available: level.available,
-        }
+        })
     }))
 }
 

@@ -50,11 +50,14 @@ fn return_id(raw: &str) -> Result<(), ApiError> {
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OrdersQuery {
     /// Filter by status.
+    #[param(value_type = Option<OrderStatus>)]
     pub status: Option<String>,
     /// Admins: filter by customer.
     pub customer_id: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }
@@ -251,12 +254,16 @@ async fn reject_return(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct SalesQuery {
     /// RFC 3339, inclusive (default: 30 days ago).
+    #[param(format = DateTime)]
     pub from: Option<String>,
     /// RFC 3339, exclusive (default: now).
+    #[param(format = DateTime)]
     pub to: Option<String>,
     /// `day`, `seller` or `sku` (default `day`).
+    #[param(pattern = "^(day|seller|sku)$")]
     pub group_by: Option<String>,
 }
 
@@ -290,9 +297,11 @@ async fn sales_report(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct AuditQuery {
     pub entity_type: Option<String>,
     pub entity_id: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

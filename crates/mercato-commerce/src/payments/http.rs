@@ -52,7 +52,7 @@ pub struct RefundBody {
 
 /// Refund part or all of a captured payment (admin; `Idempotency-Key` required). The total
 /// refunded can never exceed what was captured (422 `refund_exceeds_capture`).
-#[utoipa::path(post, path = "/payments/{id}/refunds", tag = "payments", params(("id" = String, Path)),
+#[utoipa::path(post, path = "/payments/{id}/refunds", tag = "payments", params(("id" = String, Path), ("Idempotency-Key" = String, Header, description = "required")),
     request_body = RefundBody,
     responses((status = 201, body = Refund), (status = 404, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]

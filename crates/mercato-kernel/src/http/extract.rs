@@ -68,6 +68,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             use serde_json::error::Category;
             match inner.classify() {
                 Category::Data => {
+                    // JSON has one number type: `2.0` is the integer 2 to JSON Schema and to
+                    // the OpenAPI document's readers, so it is read as one (on this error path
+                    // only, so well-formed requests pay nothing).
+                    if inner
+                        .to_string()
+                        .starts_with("invalid type: floating point")
+                        && let Some(fixed) = whole_floats_as_integers(bytes)
+                    {
+                        return parse_json(&fixed);
+                    }
                     let field = if path == "." { String::new() } else { path };
                     let message = strip_position(&inner.to_string());
                     let mut e = ApiError::new(Code::ValidationFailed).detail(if field.is_empty() {
@@ -84,6 +94,29 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             }
         }
     }
+}
+
+/// The body with every whole float within ±2^53 (`2.0`, `-1e3`) written as an integer; `None`
+/// when there is none (or the body is not JSON).
+fn whole_floats_as_integers(bytes: &[u8]) -> Option<Vec<u8>> {
+    fn walk(v: &mut serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::Number(n) if n.is_f64() => {
+                let f = n.as_f64().unwrap_or(f64::NAN);
+                if f.fract() == 0.0 && f.abs() <= 9_007_199_254_740_992.0 {
+                    *v = serde_json::Value::from(f as i64);
+                    true
+                } else {
+                    false
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().fold(false, |c, i| walk(i) | c),
+            serde_json::Value::Object(map) => map.values_mut().fold(false, |c, i| walk(i) | c),
+            _ => false,
+        }
+    }
+    let mut value: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    walk(&mut value).then(|| serde_json::to_vec(&value).ok())?
 }
 
 fn strip_position(msg: &str) -> String {

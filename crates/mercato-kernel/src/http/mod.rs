@@ -3,6 +3,7 @@
 
 mod extract;
 mod middleware;
+pub mod openapi;
 
 pub use extract::{
     ApiJson, ApiQuery, Created, DeferredJson, OptionalJson, created, parse_id, parse_json,

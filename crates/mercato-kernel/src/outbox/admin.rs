@@ -43,9 +43,12 @@ pub struct OutboxPage {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct OutboxQuery {
     /// `dead`, `retrying` or `unpublished`; default: dead and retrying.
+    #[param(pattern = "^(dead|retrying|unpublished)$")]
     pub status: Option<String>,
+    #[param(value_type = Option<u32>, minimum = 1, maximum = 100)]
     pub limit: Option<String>,
     pub cursor: Option<String>,
 }

@@ -18,6 +18,7 @@ mod idempotency;
 mod identity;
 mod inventory;
 mod notifications;
+mod openapi;
 mod orders;
 mod outbox;
 mod search;
