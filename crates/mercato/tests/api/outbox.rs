@@ -146,14 +146,26 @@ async fn a_handler_that_always_fails_is_dead_lettered_then_redelivered_by_an_adm
     let r = admin.outbox("?status=dead").await;
     assert!(!r.body.to_string().contains(&id), "no longer a dead letter");
     assert_eq!(h.effects.load(Ordering::SeqCst), 1);
-    let processed: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM processed_events WHERE consumer = 'test-broken' AND event_id = $1",
-    )
-    .bind(dead["event_id"].as_str().unwrap_or_default())
-    .fetch_one(app.state.kernel.db.reader())
-    .await
-    .unwrap_or_default();
-    assert_eq!(processed, 1);
+    // The handler's effect is visible before its transaction (which records the event as
+    // processed) commits: wait for the commit rather than race it.
+    let event_id = dead["event_id"].as_str().unwrap_or_default().to_owned();
+    let processed = app
+        .eventually(Duration::from_secs(10), || {
+            let event_id = event_id.clone();
+            let db = app.state.kernel.db.clone();
+            async move {
+                let n: i64 = sqlx::query_scalar(
+                    "SELECT COUNT(*) FROM processed_events WHERE consumer = 'test-broken' AND event_id = $1",
+                )
+                .bind(event_id)
+                .fetch_one(db.reader())
+                .await
+                .unwrap_or_default();
+                (n == 1).then_some(n)
+            }
+        })
+        .await;
+    assert_eq!(processed, Some(1));
     assert_eq!(
         admin.redeliver(&id).await.status,
         404,
