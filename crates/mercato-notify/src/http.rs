@@ -497,7 +497,10 @@ async fn next_event(mut st: StreamState) -> Option<(Result<SseEvent, Infallible>
 #[serde(deny_unknown_fields)]
 pub struct DeviceRequest {
     /// `ios`, `android` or `web`.
+    #[schema(pattern = "^(ios|android|web)$")]
     pub platform: String,
+    /// 1-4096 visible ASCII characters.
+    #[schema(pattern = "^[!-~]{1,4096}$")]
     pub token: String,
 }
 

@@ -625,8 +625,10 @@ impl TimeOfDay {
 #[serde(deny_unknown_fields)]
 pub struct QuietHours {
     /// `HH:MM`, local time.
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub start: String,
     /// `HH:MM`, local time; may be earlier than `start` (the window crosses midnight).
+    #[schema(pattern = "^([01][0-9]|2[0-3]):[0-5][0-9]$")]
     pub end: String,
     /// IANA time zone, e.g. `Europe/Paris`.
     pub time_zone: String,

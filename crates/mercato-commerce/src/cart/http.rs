@@ -24,12 +24,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[serde(deny_unknown_fields)]
 pub struct CreateCart {
     /// ISO 4217; defaults to the shop's currency.
+    #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
 }
 
 /// Create a cart. Guests get a new cart whose id is its only credential; signed-in users get
 /// (or reuse: 200) their one active cart.
-#[utoipa::path(post, path = "/carts", tag = "carts", request_body(content = CreateCart, description = "optional"),
+#[utoipa::path(post, path = "/carts", tag = "carts", request_body(content = Option<CreateCart>, description = "optional"),
     responses((status = 201, body = Cart), (status = 200, body = Cart, description = "the user's existing cart"),
               (status = 422, body = Problem)))]
 async fn create_cart(
@@ -63,6 +64,7 @@ async fn get_cart(
 pub struct AddItem {
     pub sku: String,
     /// 1..line maximum (default 10), summed with an existing line.
+    #[schema(minimum = 1, maximum = 10)]
     pub quantity: i64,
 }
 
@@ -87,6 +89,7 @@ async fn add_item(
 #[serde(deny_unknown_fields)]
 pub struct UpdateItem {
     /// 0 removes the line.
+    #[schema(minimum = 0, maximum = 10)]
     pub quantity: i64,
 }
 

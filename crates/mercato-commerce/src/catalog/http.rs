@@ -32,8 +32,10 @@ fn product_id(raw: &str) -> Result<(), ApiError> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateCategory {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     /// a-z 0-9 -, unique.
+    #[schema(pattern = "^[a-z0-9]([a-z0-9-]{0,98}[a-z0-9])?$")]
     pub slug: String,
     pub parent_id: Option<String>,
 }

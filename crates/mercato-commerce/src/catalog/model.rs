@@ -441,10 +441,17 @@ pub struct Review {
 #[derive(Clone, Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ReviewInput {
-    /// 1..5
+    #[schema(minimum = 1, maximum = 5)]
     pub rating: i64,
+    /// 1-200 characters, no control characters but newlines.
+    #[schema(
+        min_length = 1,
+        max_length = 200,
+        pattern = r"^[^\x00-\x09\x0b-\x1f\x7f-\x9f]*$"
+    )]
     pub title: String,
     #[serde(default)]
+    #[schema(max_length = 5000)]
     pub body: String,
 }
 

@@ -28,7 +28,7 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// Start a checkout: re-validates the cart, reserves the stock (all lines or none) and locks
 /// prices until `expires_at`.
 #[utoipa::path(post, path = "/checkouts", tag = "checkout", request_body = CreateCheckout,
-    responses((status = 201, body = Checkout), (status = 409, body = Problem), (status = 422, body = Problem)),
+    responses((status = 201, body = Checkout), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
     security(("bearer" = [])))]
 async fn create_checkout(
     State(s): State<AppState>,

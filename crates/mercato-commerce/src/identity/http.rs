@@ -32,9 +32,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RegisterRequest {
+    #[schema(format = Email, max_length = 254)]
     pub email: String,
-    /// At least 10 characters.
+    /// 10 to 1024 characters, not blank.
+    #[schema(min_length = 10, max_length = 1024, pattern = r"\S")]
     pub password: String,
+    /// At most 200 characters, no control characters.
+    #[schema(max_length = 200, pattern = r"^[^\x00-\x1f\x7f-\x9f]*$")]
     pub name: Option<String>,
 }
 
@@ -146,8 +150,10 @@ async fn delete_address(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateApiKey {
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     /// Must be `service`.
+    #[schema(value_type = String, pattern = "^service$")]
     pub role: Role,
 }
 

@@ -68,8 +68,8 @@ impl Password {
         if n < MIN_PASSWORD_LEN {
             return Err("password must be at least 10 characters");
         }
-        if raw.len() > MAX_PASSWORD_LEN {
-            return Err("password must be at most 1024 bytes");
+        if n > MAX_PASSWORD_LEN {
+            return Err("password must be at most 1024 characters");
         }
         if raw.trim().is_empty() {
             return Err("password must not be blank");
@@ -145,13 +145,23 @@ pub struct Address {
 #[derive(Clone, Debug, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AddressInput {
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub name: String,
+    #[schema(min_length = 1, max_length = 200, pattern = r"\S")]
     pub line1: String,
+    #[schema(max_length = 200)]
     pub line2: Option<String>,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub city: String,
+    #[schema(max_length = 100)]
     pub region: Option<String>,
+    #[schema(min_length = 1, max_length = 20, pattern = r"\S")]
     pub postal_code: String,
+    /// ISO 3166-1 alpha-2.
+    #[schema(pattern = r"^\s*[A-Za-z]{2}\s*$")]
     pub country: String,
+    /// Digits and ` +-().`, at least 5 digits, at most 32 characters.
+    #[schema(pattern = r"^\s*$|^[0-9 +().-]*([0-9][ +().-]*){5}$", max_length = 32)]
     pub phone: Option<String>,
     #[serde(default)]
     pub is_default: bool,
@@ -161,6 +171,17 @@ impl AddressInput {
     /// Validates and normalises (trimmed, country upper-cased). `prefix` names the field path.
     pub fn validate(mut self, prefix: &str) -> Result<AddressInput, ApiError> {
         let mut v = Validator::new();
+        // Lengths bound what was sent (the schema's maxLength), before trimming.
+        let over = |s: Option<&str>, max: usize| s.is_some_and(|s| s.chars().count() > max);
+        let too_long = [
+            ("name", over(Some(&self.name), 200)),
+            ("line1", over(Some(&self.line1), 200)),
+            ("line2", over(self.line2.as_deref(), 200)),
+            ("city", over(Some(&self.city), 100)),
+            ("region", over(self.region.as_deref(), 100)),
+            ("postal_code", over(Some(&self.postal_code), 20)),
+            ("phone", over(self.phone.as_deref(), 32)),
+        ];
         let f = |name: &str| {
             if prefix.is_empty() {
                 name.to_owned()
@@ -208,6 +229,9 @@ impl AddressInput {
             &f("country"),
             "country must be an ISO 3166-1 alpha-2 code",
         );
+        for (field, long) in too_long {
+            v.check(!long, &f(field), &format!("{field} is too long"));
+        }
         if let Some(l2) = &self.line2 {
             v.check(l2.chars().count() <= 200, &f("line2"), "line2 is too long");
         }

@@ -285,7 +285,7 @@ impl IdentityService {
             metrics::counter!("logins_total", "outcome" => "failed").increment(1);
             IdentityError::InvalidCredentials
         };
-        if password.len() > super::model::MAX_PASSWORD_LEN {
+        if password.chars().count() > super::model::MAX_PASSWORD_LEN {
             return Err(fail().await);
         }
         let creds = match Email::parse(email) {

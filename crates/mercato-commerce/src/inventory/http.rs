@@ -27,10 +27,14 @@ pub fn router() -> OpenApiRouter<AppState> {
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateWarehouse {
+    #[schema(pattern = "^[A-Za-z0-9_-]{1,32}$")]
     pub code: String,
+    #[schema(min_length = 1, max_length = 100, pattern = r"\S")]
     pub name: String,
     /// ISO 3166-1 alpha-2.
+    #[schema(pattern = "^[A-Za-z]{2}$")]
     pub country: String,
+    #[schema(max_length = 100)]
     pub region: Option<String>,
 }
 
@@ -70,6 +74,7 @@ async fn list_warehouses(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SetStock {
+    #[schema(minimum = 0, maximum = 1_000_000_000)]
     pub on_hand: i64,
 }
 
@@ -97,7 +102,8 @@ async fn set_stock(
 #[serde(deny_unknown_fields)]
 pub struct Adjustment {
     pub warehouse_id: String,
-    /// Units to add (positive) or remove (negative).
+    /// Units to add (positive) or remove (negative); not zero.
+    #[schema(minimum = -1_000_000_000, maximum = 1_000_000_000)]
     pub delta: i64,
     pub reason: AdjustReason,
     pub reference: Option<String>,

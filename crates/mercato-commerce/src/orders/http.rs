@@ -71,7 +71,7 @@ async fn list_orders(
     ApiQuery(q): ApiQuery<OrdersQuery>,
 ) -> Result<Json<Page<Order>>, ApiError> {
     let status = match q.status.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(raw) => Some(
             OrderStatus::parse(raw)
                 .ok_or_else(|| ApiError::invalid("status", "unknown order status"))?,

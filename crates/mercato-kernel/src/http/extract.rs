@@ -208,7 +208,8 @@ where
         let has_type = req.headers().contains_key(header::CONTENT_TYPE);
         let (parts, body) = req.into_parts();
         let bytes = read_body(Request::from_parts(parts.clone(), body), state).await?;
-        if bytes.iter().all(u8::is_ascii_whitespace) {
+        // No body, a blank one or JSON `null` all mean "nothing sent".
+        if bytes.iter().all(u8::is_ascii_whitespace) || bytes.trim_ascii() == b"null" {
             return Ok(OptionalJson(None));
         }
         let req = Request::from_parts(parts, axum::body::Body::from(bytes));

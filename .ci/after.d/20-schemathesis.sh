@@ -1,12 +1,13 @@
 # Schemathesis over the OpenAPI document (issue 16): the server must answer what its document
-# NOT yet in .ci/run: it still reports failures (see docs/api.md "Contract tests"); move it to
-# .ci/after.d/ once it passes.
-# says, as an admin and as a customer, with `--checks all`. Sourced by .ci/run after the tests
+# says, as an admin and as a customer, with every check on (schemathesis' default; not
+# `--checks all` on the command line, which would override the per-operation settings in
+# .ci/schemathesis.toml). One worker: hypothesis' strategy descriptions are not thread-safe
+# (an internal "AST constructor recursion depth mismatch" error was seen with two). Sourced by .ci/run after the tests
 # (the build is done); everything runs in a subshell so the server is always stopped (trap) and
 # the caller's shell options and traps are untouched. Exits non-zero when schemathesis reports
 # a failure; a machine where pip cannot install schemathesis skips it with a notice.
 # Exclusions, each with its reason, are listed in docs/api.md ("Contract tests").
-# Run alone: cargo build -p mercato && bash -c 'source .ci/contract/schemathesis.sh'
+# Run alone: cargo build -p mercato && bash -c 'source .ci/after.d/20-schemathesis.sh'
 (
     set -euo pipefail
     st_version=4.32.5
@@ -82,10 +83,9 @@
         echo "-- schemathesis $st_version as the demo $st_who (at most $st_examples examples, $st_seconds s)"
         st_rc=0
         timeout --kill-after=10 "$st_seconds" schemathesis --config-file .ci/schemathesis.toml run "$st_url/api/v1/openapi.json" \
-            --checks all \
             --header "Authorization: Bearer $st_token" \
             --max-examples "$st_examples" \
-            --workers 2 \
+            --workers 1 \
             --request-timeout 15 \
             --seed 16 \
             --generation-database none \
