@@ -30,6 +30,17 @@ pub struct OrderSummary {
     pub status: String,
     pub total: Money,
     pub items: Vec<OrderLine>,
+    /// Bought without an account: where the customer's notifications go, and the guest token
+    /// their links carry (the customer id is then the token's `gst_…` subject).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<GuestBuyer>,
+}
+
+/// The buyer of a guest order.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestBuyer {
+    pub email: String,
+    pub token: String,
 }
 
 macro_rules! status_event {

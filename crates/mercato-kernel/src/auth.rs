@@ -18,6 +18,9 @@ pub enum Role {
     Admin,
     /// Server-to-server callers holding an API key.
     Service,
+    /// The holder of a guest checkout's `guest_token`: pays that checkout, reads or cancels
+    /// its order, nothing else. Never stored as a user's role.
+    Guest,
 }
 
 impl Role {
@@ -27,6 +30,7 @@ impl Role {
             Role::Seller => "seller",
             Role::Admin => "admin",
             Role::Service => "service",
+            Role::Guest => "guest",
         }
     }
 
@@ -39,6 +43,23 @@ impl Role {
             _ => None,
         }
     }
+}
+
+/// The prefix of guest tokens (`gst_` + 128 random bits).
+pub const GUEST_TOKEN_PREFIX: &str = "gst_";
+
+/// A new guest token (a bearer secret: 128 random bits).
+pub fn new_guest_token() -> String {
+    crate::id::new_secret_id("gst")
+}
+
+/// The subject a guest token stands for: `gst_` + the first 128 bits of its SHA-256, so the
+/// token itself never appears in logs or events, and no lookup is needed to authenticate it.
+/// Checkouts and orders bought as a guest carry it as their `customer_id`.
+pub fn guest_subject(token: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(token.as_bytes());
+    format!("gst_{}", crate::id::hex(&digest[..16]))
 }
 
 /// An authenticated caller.
@@ -68,6 +89,18 @@ impl Principal {
                     .join(" or ")
             )))
         }
+    }
+
+    /// The principal of a guest token (see [`guest_subject`]).
+    pub fn guest(token: &str) -> Principal {
+        Principal {
+            subject: guest_subject(token),
+            role: Role::Guest,
+        }
+    }
+
+    pub fn is_guest(&self) -> bool {
+        self.role == Role::Guest
     }
 
     /// The user id when the principal is a person (not an API key).
@@ -106,6 +139,15 @@ pub async fn authenticate(auth: Arc<dyn Authenticator>, mut req: Request, next: 
             })
             .map(str::trim)
         {
+            // A guest token needs no lookup: its hash is the subject, which only the checkout
+            // and order it was issued for carry.
+            Some(token) if token.starts_with(GUEST_TOKEN_PREFIX) => {
+                if crate::id::is_valid("gst", token) {
+                    AuthOutcome::Authenticated(Principal::guest(token))
+                } else {
+                    AuthOutcome::Refused(Code::InvalidToken, "malformed guest token".into())
+                }
+            }
             Some(token) if !token.is_empty() => match auth.authenticate(token).await {
                 Ok(p) => {
                     tracing::Span::current().record("user_id", p.subject.as_str());
@@ -149,9 +191,28 @@ pub fn principal_of(parts: &axum::http::Extensions) -> Option<&Principal> {
 impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = ApiError;
 
+    /// A signed-in user or an API key; a guest token is refused (403) — the few routes a
+    /// guest may use take [`Buyer`].
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        let p = Buyer::from_request_parts(parts, state).await?.0;
+        if p.is_guest() {
+            return Err(ApiError::forbidden()
+                .detail("a guest token only pays its checkout and reads or cancels its order"));
+        }
+        Ok(p)
+    }
+}
+
+/// A principal that may also be a guest (checkout and order routes a guest token opens).
+#[derive(Clone, Debug)]
+pub struct Buyer(pub Principal);
+
+impl<S: Send + Sync> FromRequestParts<S> for Buyer {
+    type Rejection = ApiError;
+
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         match parts.extensions.get::<AuthOutcome>() {
-            Some(AuthOutcome::Authenticated(p)) => Ok(p.clone()),
+            Some(AuthOutcome::Authenticated(p)) => Ok(Buyer(p.clone())),
             Some(AuthOutcome::Refused(code, detail)) => Err(refusal(*code, detail)),
             None => Err(ApiError::new(Code::Unauthorized)
                 .detail("send `Authorization: Bearer <token>`")

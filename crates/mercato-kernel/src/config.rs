@@ -151,6 +151,10 @@ settings! {
     rate_limit_principal_per_sec: u32 = 100;
     /// Failed logins allowed per email per 15 minutes.
     login_failures_per_15min: u32 = 10;
+    /// Guest checkouts (no account) allowed per client IP per hour.
+    guest_checkouts_per_hour_per_ip: u32 = 30;
+    /// Guest checkouts allowed per guest email per hour.
+    guest_checkouts_per_hour_per_email: u32 = 10;
     /// Trust `X-Forwarded-For` for the client IP (only behind a trusted proxy).
     trust_forwarded_for: bool = false;
     /// Hours an idempotency key and its stored response are kept.

@@ -59,12 +59,38 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
         request_id: Some(format!("event:{}", event.id)),
         ..SendRequest::default()
     };
+    // A guest order's notifications go to the email the guest gave, with a link that opens
+    // the order with its guest token (there is no account to look the contact up in).
+    let to_buyer =
+        |o: &mercato_events::orders::OrderSummary, type_name: &str, mut data: Value| match &o.guest
+        {
+            Some(g) => {
+                if let Some(map) = data.as_object_mut() {
+                    map.insert(
+                        "order_link".into(),
+                        Value::from(format!("/api/v1/orders/{}?token={}", o.order_id, g.token)),
+                    );
+                }
+                SendRequest {
+                    recipient: Some(crate::service::Recipient {
+                        email: Some(g.email.clone()),
+                        phone: None,
+                        push_tokens: None,
+                    }),
+                    type_name: type_name.to_owned(),
+                    data,
+                    request_id: Some(format!("event:{}", event.id)),
+                    ..SendRequest::default()
+                }
+            }
+            None => to_customer(o.customer_id.clone(), type_name, data),
+        };
     let one = |r: SendRequest| Ok(vec![r]);
     match event.event_type.as_str() {
         OrderConfirmed::TYPE => {
             let OrderConfirmed { order: o, .. } = event.decode()?;
-            one(to_customer(
-                o.customer_id,
+            one(to_buyer(
+                &o,
                 "order_confirmed",
                 json!({"order_id": o.order_id, "order_number": o.order_number, "total": o.total,
                        "items": o.items}),
@@ -80,8 +106,8 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
         }
         OrderShipped::TYPE => {
             let e: OrderShipped = event.decode()?;
-            one(to_customer(
-                e.order.customer_id,
+            one(to_buyer(
+                &e.order,
                 "order_shipped",
                 json!({"order_id": e.order.order_id, "order_number": e.order.order_number,
                        "carrier": e.carrier, "tracking_number": e.tracking_number}),
@@ -89,16 +115,16 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
         }
         OrderDelivered::TYPE => {
             let OrderDelivered { order: o, .. } = event.decode()?;
-            one(to_customer(
-                o.customer_id,
+            one(to_buyer(
+                &o,
                 "order_delivered",
                 json!({"order_id": o.order_id, "order_number": o.order_number}),
             ))
         }
         OrderRefunded::TYPE => {
             let e: OrderRefunded = event.decode()?;
-            one(to_customer(
-                e.order.customer_id,
+            one(to_buyer(
+                &e.order,
                 "refund_issued",
                 json!({"order_id": e.order.order_id, "order_number": e.order.order_number,
                        "amount": e.amount}),
@@ -106,8 +132,8 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
         }
         OrderReturned::TYPE => {
             let e: OrderReturned = event.decode()?;
-            one(to_customer(
-                e.order.customer_id,
+            one(to_buyer(
+                &e.order,
                 "return_approved",
                 json!({"order_id": e.order.order_id, "order_number": e.order.order_number,
                        "return_id": e.return_id}),

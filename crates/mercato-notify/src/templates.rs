@@ -215,11 +215,12 @@ pub static BUILTINS: &[Builtin] = &[
         name: "order_confirmed",
         subject: "Order {{ order_number }} confirmed",
         short: "Thanks! Order {{ order_number }} is confirmed ({{ total | money }}).",
-        email: "Thank you for your order {{ order_number }}.\n\n{% for item in items %}- {{ item.quantity }} x {{ item.name }} ({{ item.sku }})\n{% endfor %}\nTotal: {{ total | money }}\n\nWe will let you know when it ships.\n",
+        email: "Thank you for your order {{ order_number }}.\n\n{% for item in items %}- {{ item.quantity }} x {{ item.name }} ({{ item.sku }})\n{% endfor %}\nTotal: {{ total | money }}\n\nWe will let you know when it ships.\n{% if order_link is defined %}\nYour order: {{ order_link }}\n{% endif %}",
         sample: || {
             json!({"order_id": "ord_01EXAMPLE", "order_number": "M-1001",
                    "total": {"amount": 4999, "currency": "USD"},
-                   "items": [{"sku": "TEE-M", "name": "T-shirt", "quantity": 1}]})
+                   "items": [{"sku": "TEE-M", "name": "T-shirt", "quantity": 1}],
+                   "order_link": "/api/v1/orders/ord_01EXAMPLE?token=gst_EXAMPLE"})
         },
     },
     Builtin {

@@ -132,6 +132,8 @@ pub async fn run_simulator(args: GatewaySimArgs, settings: &Settings) -> anyhow:
     if args.webhook_url.is_some() && webhook_secret.is_none() {
         anyhow::bail!("--webhook-url needs --webhook-secret (or MERCATO_GATEWAY_WEBHOOK_SECRET)");
     }
+    // Installed before the simulator answers: a SIGTERM right after it is up stops it cleanly.
+    let stop = crate::startup::shutdown_signal();
     let sim = GatewaySim::bind(
         &args.addr,
         SimConfig {
@@ -155,7 +157,7 @@ pub async fn run_simulator(args: GatewaySimArgs, settings: &Settings) -> anyhow:
         sim.base_url(),
         sim.webhook_url().as_deref().unwrap_or("off")
     );
-    crate::startup::shutdown_signal().await;
+    stop.await;
     sim.stop().await;
     Ok(())
 }

@@ -29,6 +29,8 @@ async fn main() -> ExitCode {
 async fn run(cli: Cli, settings: mercato_kernel::config::Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve(args) => {
+            // Installed before the listener answers (see `shutdown_signal`).
+            let stop = shutdown_signal();
             let app = Application::build(settings, BuildOptions::default()).await?;
             if args.demo {
                 let lines = mercato::demo::load(app.state()).await?;
@@ -42,7 +44,7 @@ async fn run(cli: Cli, settings: mercato_kernel::config::Settings) -> anyhow::Re
                     "Mercato is listening on http://{addr}  (API: http://{addr}/api/v1, OpenAPI: http://{addr}/api/v1/openapi.json)"
                 );
             }
-            app.run_until(shutdown_signal()).await
+            app.run_until(stop).await
         }
         Command::Bench(args) => mercato::bench::run(args).await,
         Command::GatewaySim(args) => mercato::gateway::run_simulator(args, &settings).await,

@@ -525,9 +525,9 @@ impl CartService {
     pub async fn lines_for_checkout(
         &self,
         id: &str,
-        who: &Principal,
+        who: Option<&Principal>,
     ) -> Result<(CartStatus, Currency, Vec<(String, i64)>), CartError> {
-        let (row, lines) = self.load(id, Some(who)).await?;
+        let (row, lines) = self.load(id, who).await?;
         Ok((
             row.status,
             row.currency,

@@ -7,10 +7,9 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mercato_kernel::auth::Principal;
-use mercato_kernel::auth::{Admins, Authorized};
+use mercato_kernel::auth::{Admins, Authorized, Buyer, MaybePrincipal};
 use mercato_kernel::error::{ApiError, Problem};
-use mercato_kernel::http::{ApiJson, ApiQuery, created};
+use mercato_kernel::http::{ApiJson, ApiQuery, ClientIp, created};
 use mercato_kernel::idempotency::{Idempotency, json_response};
 use mercato_kernel::pagination::{Page, PageQuery};
 use serde::Deserialize;
@@ -26,24 +25,27 @@ pub fn router() -> OpenApiRouter<AppState> {
 }
 
 /// Start a checkout: re-validates the cart, reserves the stock (all lines or none) and locks
-/// prices until `expires_at`.
+/// prices until `expires_at`. Without a token it is a guest checkout of a guest cart: `email`
+/// is required and the 201 carries a `guest_token` (shown once) that pays this checkout and
+/// reads or cancels its order; 429 past the per-IP or per-email hourly limit.
 #[utoipa::path(post, path = "/checkouts", tag = "checkout", request_body = CreateCheckout,
     responses((status = 201, body = Checkout), (status = 404, body = Problem), (status = 409, body = Problem), (status = 422, body = Problem)),
-    security(("bearer" = [])))]
+    security(("bearer" = []), ()))]
 async fn create_checkout(
     State(s): State<AppState>,
-    p: Principal,
+    MaybePrincipal(p): MaybePrincipal,
+    ip: ClientIp,
     ApiJson(req): ApiJson<CreateCheckout>,
 ) -> Result<impl IntoResponse, ApiError> {
-    Ok(created(s.checkout.create(&p, req).await?))
+    Ok(created(s.checkout.create(p.as_ref(), req, ip.0).await?))
 }
 
-/// A checkout (its customer only).
+/// A checkout (its customer, or the guest holding its `guest_token`).
 #[utoipa::path(get, path = "/checkouts/{id}", tag = "checkout", params(("id" = String, Path)),
     responses((status = 200, body = Checkout), (status = 404, body = Problem)), security(("bearer" = [])))]
 async fn get_checkout(
     State(s): State<AppState>,
-    p: Principal,
+    Buyer(p): Buyer,
     Path(id): Path<String>,
 ) -> Result<Json<Checkout>, ApiError> {
     Ok(Json(s.checkout.get(&id, &p).await?))
@@ -58,7 +60,7 @@ async fn get_checkout(
     security(("bearer" = [])))]
 async fn pay(
     State(s): State<AppState>,
-    p: Principal,
+    Buyer(p): Buyer,
     idem: Idempotency,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PayRequest>,

@@ -92,6 +92,13 @@ pub struct Checkout {
     pub attempts: i64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// A guest checkout's email.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
+    /// A guest checkout's bearer secret: shown once, in the 201 that created it. Send it as
+    /// `Authorization: Bearer <guest_token>` to pay this checkout and read or cancel its order.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest_token: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]

@@ -14,7 +14,7 @@
 //! and webhooks can race and exactly one wins.
 
 use super::model::{Checkout, CheckoutId, CheckoutLine, CheckoutStatus, Saga, SagaId};
-use super::store::{CheckoutRow, CheckoutStore, SagaRow};
+use super::store::{CheckoutRow, CheckoutStore, Guest, SagaRow};
 use crate::cart::{CartService, CartStore, model::CartStatus};
 use crate::catalog::CatalogService;
 use crate::fraud::{Decision, FraudService};
@@ -31,7 +31,7 @@ use crate::pricing::{PriceBook, quote};
 use axum::http::StatusCode;
 use mercato_events::checkout::{CheckoutExpired, CheckoutStarted};
 use mercato_events::fraud::FraudFlagged;
-use mercato_kernel::auth::Principal;
+use mercato_kernel::auth::{Principal, guest_subject};
 use mercato_kernel::db::StoreError;
 use mercato_kernel::error::{ApiError, Code, Validator};
 use mercato_kernel::idempotency::{Idempotency, ReplayWriter};
@@ -49,6 +49,9 @@ const PAYMENT_HOLD_SECS: i64 = 86_400;
 #[serde(deny_unknown_fields)]
 pub struct CreateCheckout {
     pub cart_id: String,
+    /// Guests (no token) only, and required for them: where the confirmation goes.
+    #[schema(format = Email, max_length = 254)]
+    pub email: Option<String>,
     /// One of the customer's saved addresses…
     pub shipping_address_id: Option<String>,
     /// …or an address given inline.
@@ -185,6 +188,8 @@ impl CheckoutService {
     async fn render(&self, c: CheckoutRow) -> Result<Checkout, CheckoutError> {
         let reservations = InventoryService::reservations_of(&self.inner.kernel.db, &c.id).await?;
         Ok(Checkout {
+            email: c.guest.as_ref().map(|g| g.email.clone()),
+            guest_token: None,
             id: c.id,
             status: c.status,
             cart_id: c.cart_id,
@@ -231,17 +236,41 @@ impl CheckoutService {
     /// Validates the cart, prices it, reserves its stock (all or nothing) and locks prices
     /// until `expires_at`. A newer checkout of the same cart supersedes (and releases) older
     /// open ones.
+    ///
+    /// Without a principal it is a guest checkout (API.md "Guest checkout"): `email` is
+    /// required, the cart must be a guest cart, and the checkout gets a new guest token whose
+    /// subject stands in for the customer id — everything after that is this same path.
     pub async fn create(
         &self,
-        who: &Principal,
+        who: Option<&Principal>,
         req: CreateCheckout,
+        ip: std::net::IpAddr,
     ) -> Result<Checkout, CheckoutError> {
-        let user_id = who
-            .user_id()
-            .ok_or_else(|| {
-                api(ApiError::forbidden().detail("checkouts are for signed-in customers"))
-            })?
-            .to_owned();
+        let (user_id, guest) = match who {
+            Some(p) => {
+                let id = p.user_id().ok_or_else(|| {
+                    api(ApiError::forbidden().detail("checkouts are for customers and guests"))
+                })?;
+                if req.email.is_some() {
+                    return Err(api(ApiError::invalid(
+                        "email",
+                        "a signed-in checkout uses the account's email",
+                    )));
+                }
+                (id.to_owned(), None)
+            }
+            None => {
+                let guest = self.admit_guest(&req, ip).await?;
+                (guest_subject(&guest.token), Some(guest))
+            }
+        };
+        let buyer = match &guest {
+            Some(g) => Principal::guest(&g.token),
+            None => who.cloned().ok_or_else(|| {
+                CheckoutError::Unexpected(anyhow::anyhow!("a checkout without a buyer"))
+            })?,
+        };
+        let who = &buyer;
         if req
             .coupon_code
             .as_deref()
@@ -299,7 +328,7 @@ impl CheckoutService {
         let (status, currency, lines) = self
             .inner
             .carts
-            .lines_for_checkout(&req.cart_id, who)
+            .lines_for_checkout(&req.cart_id, guest.is_none().then_some(who))
             .await
             .map_err(api)?;
         if status != CartStatus::Active {
@@ -396,6 +425,7 @@ impl CheckoutService {
             expires_at: now.plus_secs(ttl),
             created_at: now,
             updated_at: now,
+            guest: guest.clone(),
         };
         let mut tx = self.db().begin().await?;
         for old in CheckoutStore::open_for_cart_tx(&mut tx, &req.cart_id).await? {
@@ -467,7 +497,59 @@ impl CheckoutService {
         .await?;
         tx.commit().await?;
         metrics::counter!("checkouts_started_total").increment(1);
-        self.get(&id, who).await
+        let mut checkout = self.get(&id, who).await?;
+        // Shown once: only the creating response carries the guest token.
+        checkout.guest_token = guest.map(|g| g.token);
+        Ok(checkout)
+    }
+
+    /// A guest's checkout request: a plausible email, the per-IP and per-email hourly limits,
+    /// and a new guest token.
+    async fn admit_guest(
+        &self,
+        req: &CreateCheckout,
+        ip: std::net::IpAddr,
+    ) -> Result<Guest, CheckoutError> {
+        let email = req
+            .email
+            .as_deref()
+            .and_then(crate::identity::model::Email::parse)
+            .ok_or_else(|| {
+                api(ApiError::invalid(
+                    "email",
+                    "a guest checkout needs a valid email (or sign in)",
+                ))
+            })?;
+        let settings = &self.inner.kernel.settings;
+        let hour = std::time::Duration::from_secs(3600);
+        let limiter = &self.inner.kernel.rate_limiter;
+        for (key, per_hour) in [
+            (
+                format!("guest-checkout-ip:{ip}"),
+                settings.guest_checkouts_per_hour_per_ip,
+            ),
+            (
+                format!("guest-checkout-email:{}", email.as_str()),
+                settings.guest_checkouts_per_hour_per_email,
+            ),
+        ] {
+            let d = limiter
+                .check(
+                    &key,
+                    mercato_kernel::ratelimit::Quota::new(per_hour, hour),
+                    1,
+                )
+                .await;
+            if !d.allowed {
+                return Err(api(d
+                    .into_error()
+                    .detail("too many guest checkouts; wait or sign in")));
+            }
+        }
+        Ok(Guest {
+            email: email.as_str().to_owned(),
+            token: mercato_kernel::auth::new_guest_token(),
+        })
     }
 
     fn order_for(&self, c: &CheckoutRow, payment_id: &str, now: Timestamp) -> NewOrder {
@@ -485,6 +567,13 @@ impl CheckoutService {
             shipping_address: c.shipping_address.clone(),
             shipping_method: c.shipping_method.clone(),
             payment_id: Some(payment_id.to_owned()),
+            guest: c
+                .guest
+                .as_ref()
+                .map(|g| mercato_events::orders::GuestBuyer {
+                    email: g.email.clone(),
+                    token: g.token.clone(),
+                }),
             items: c
                 .lines
                 .iter()

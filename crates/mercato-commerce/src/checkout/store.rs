@@ -35,6 +35,15 @@ pub struct CheckoutRow {
     pub expires_at: Timestamp,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// A guest checkout's buyer (their email and guest token); `None` for signed-in ones.
+    pub guest: Option<Guest>,
+}
+
+/// The buyer of a guest checkout.
+#[derive(Clone, Debug)]
+pub struct Guest {
+    pub email: String,
+    pub token: String,
 }
 
 #[derive(Clone, Debug)]
@@ -56,7 +65,7 @@ fn g(e: sqlx::Error) -> StoreError {
 }
 
 const CHECKOUT_COLUMNS: &str = "id, customer_id, cart_id, status, currency, lines, subtotal, discount, shipping, tax, \
-    total, shipping_address, shipping_method, attempts, order_id, payment_id, failure_code, expires_at, created_at, updated_at";
+    total, shipping_address, shipping_method, attempts, order_id, payment_id, failure_code, expires_at, created_at, updated_at, guest_email, guest_token";
 const SAGA_COLUMNS: &str =
     "id, checkout_id, attempt, status, step, payment_id, order_id, error, created_at, updated_at";
 
@@ -89,6 +98,13 @@ fn checkout_of(r: &Row) -> StoreResult<CheckoutRow> {
         expires_at: Timestamp::from_micros(r.try_get("expires_at").map_err(g)?),
         created_at: Timestamp::from_micros(r.try_get("created_at").map_err(g)?),
         updated_at: Timestamp::from_micros(r.try_get("updated_at").map_err(g)?),
+        guest: match (
+            r.try_get::<Option<String>, _>("guest_email").map_err(g)?,
+            r.try_get::<Option<String>, _>("guest_token").map_err(g)?,
+        ) {
+            (Some(email), Some(token)) => Some(Guest { email, token }),
+            _ => None,
+        },
     })
 }
 
@@ -119,8 +135,9 @@ impl CheckoutStore {
     pub async fn insert_tx(tx: &mut Tx, c: &CheckoutRow) -> StoreResult<()> {
         sqlx::query(
             "INSERT INTO checkouts (id, customer_id, cart_id, status, currency, lines, subtotal, discount, shipping, \
-             tax, total, shipping_address, shipping_method, attempts, expires_at, created_at, updated_at) \
-             VALUES ($1,$2,$3,'open',$4,$5,$6,$7,$8,$9,$10,$11,$12,0,$13,$14,$14)",
+             tax, total, shipping_address, shipping_method, attempts, expires_at, created_at, updated_at, \
+             guest_email, guest_token) \
+             VALUES ($1,$2,$3,'open',$4,$5,$6,$7,$8,$9,$10,$11,$12,0,$13,$14,$14,$15,$16)",
         )
         .bind(&c.id)
         .bind(&c.customer_id)
@@ -136,6 +153,8 @@ impl CheckoutStore {
         .bind(&c.shipping_method)
         .bind(c.expires_at.as_micros())
         .bind(c.created_at.as_micros())
+        .bind(c.guest.as_ref().map(|g| g.email.as_str()))
+        .bind(c.guest.as_ref().map(|g| g.token.as_str()))
         .execute(&mut **tx)
         .await?;
         Ok(())

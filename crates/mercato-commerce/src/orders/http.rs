@@ -8,7 +8,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::response::IntoResponse;
 use mercato_kernel::Timestamp;
-use mercato_kernel::auth::{Admins, Authorized, Staff};
+use mercato_kernel::auth::{Admins, Authorized, Buyer, Staff};
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::error::{ApiError, Problem};
 use mercato_kernel::http::{ApiJson, ApiQuery, DeferredJson, created};
@@ -99,15 +99,31 @@ async fn list_orders(
     })))
 }
 
-/// One order with items, totals, address, payment summary and full history.
-#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = String, Path)),
-    responses((status = 200, body = Order), (status = 404, body = Problem)), security(("bearer" = [])))]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct OrderAccess {
+    /// A guest order's `guest_token`, for links in emails (instead of the bearer header).
+    #[param(pattern = "^gst_[0-9A-Za-z]{1,64}$")]
+    pub token: Option<String>,
+}
+
+/// One order with items, totals, address, payment summary and full history. A guest reads
+/// theirs with its `guest_token` (bearer, or `?token=`); without either it is 404.
+#[utoipa::path(get, path = "/orders/{id}", tag = "orders", params(("id" = String, Path), OrderAccess),
+    responses((status = 200, body = Order), (status = 404, body = Problem)), security(("bearer" = []), ()))]
 async fn get_order(
     State(s): State<AppState>,
-    p: Principal,
+    who: Result<Buyer, ApiError>,
     Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<OrderAccess>,
 ) -> Result<Json<Order>, ApiError> {
     order_id(&id)?;
+    let p = match (who, q.token) {
+        (Ok(Buyer(p)), None) => p,
+        (_, Some(token)) if mercato_kernel::id::is_valid("gst", &token) => Principal::guest(&token),
+        // No credentials (or a malformed link): the order is not there for this caller.
+        _ => return Err(ApiError::not_found()),
+    };
     Ok(Json(s.orders.view(&id, &p).await?))
 }
 
@@ -123,7 +139,7 @@ pub struct ReasonBody {
     security(("bearer" = [])))]
 async fn cancel_order(
     State(s): State<AppState>,
-    p: Principal,
+    Buyer(p): Buyer,
     Path(id): Path<String>,
     body: DeferredJson<ReasonBody>,
 ) -> Result<Json<Order>, ApiError> {

@@ -3,7 +3,7 @@
 //! both apply; each writes its history entry and its event in the same transaction.
 
 use super::model::{HistoryEntry, OrderEvent, OrderItem, OrderStatus, ReturnLine, ReturnRequest};
-use mercato_events::orders::{OrderConfirmed, OrderCreated, OrderLine, OrderSummary};
+use mercato_events::orders::{GuestBuyer, OrderConfirmed, OrderCreated, OrderLine, OrderSummary};
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx, bool_of, int_of};
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Currency, Money, Timestamp};
@@ -39,6 +39,8 @@ pub struct OrderRow {
     pub version: i64,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// A guest order's buyer.
+    pub guest: Option<GuestBuyer>,
 }
 
 /// An order to insert (built by checkout from its locked lines).
@@ -58,6 +60,7 @@ pub struct NewOrder {
     pub shipping_method: String,
     pub payment_id: Option<String>,
     pub items: Vec<OrderItem>,
+    pub guest: Option<GuestBuyer>,
 }
 
 fn g(e: sqlx::Error) -> StoreError {
@@ -66,7 +69,7 @@ fn g(e: sqlx::Error) -> StoreError {
 
 const ORDER_COLUMNS: &str = "id, order_number, customer_id, checkout_id, status, currency, subtotal, discount, \
     shipping, tax, total, shipping_address, shipping_method, payment_id, flagged_for_review, carrier, \
-    tracking_number, shipped_at, delivered_at, version, created_at, updated_at";
+    tracking_number, shipped_at, delivered_at, version, created_at, updated_at, guest_email, guest_token";
 
 fn order_of(r: &Row) -> StoreResult<OrderRow> {
     let currency: String = r.try_get("currency").map_err(g)?;
@@ -106,6 +109,13 @@ fn order_of(r: &Row) -> StoreResult<OrderRow> {
         version: r.try_get("version").map_err(g)?,
         created_at: Timestamp::from_micros(r.try_get("created_at").map_err(g)?),
         updated_at: Timestamp::from_micros(r.try_get("updated_at").map_err(g)?),
+        guest: match (
+            r.try_get::<Option<String>, _>("guest_email").map_err(g)?,
+            r.try_get::<Option<String>, _>("guest_token").map_err(g)?,
+        ) {
+            (Some(email), Some(token)) => Some(GuestBuyer { email, token }),
+            _ => None,
+        },
     })
 }
 
@@ -299,6 +309,7 @@ impl OrderStore {
                     unit_price: i.unit_price,
                 })
                 .collect(),
+            guest: o.guest.clone(),
         }
     }
 
@@ -315,7 +326,8 @@ impl OrderStore {
         let row = sqlx::query(&format!(
             "INSERT INTO orders (id, order_number, customer_id, checkout_id, status, currency, subtotal, discount, \
              shipping, tax, total, shipping_address, shipping_method, payment_id, flagged_for_review, version, \
-             created_at, updated_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,0,1,$15,$15) \
+             created_at, updated_at, guest_email, guest_token) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,0,1,$15,$15,$16,$17) \
              RETURNING {ORDER_COLUMNS}"
         ))
         .bind(&o.id)
@@ -333,6 +345,8 @@ impl OrderStore {
         .bind(&o.shipping_method)
         .bind(&o.payment_id)
         .bind(now.as_micros())
+        .bind(o.guest.as_ref().map(|g| g.email.as_str()))
+        .bind(o.guest.as_ref().map(|g| g.token.as_str()))
         .fetch_one(&mut **tx)
         .await?;
         use mercato_kernel::db::Cell;

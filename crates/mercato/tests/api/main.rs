@@ -12,6 +12,7 @@ mod events;
 mod garbage;
 mod gateway;
 mod group_commit;
+mod guest;
 mod hardening;
 mod health;
 mod idempotency;

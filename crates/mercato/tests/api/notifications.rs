@@ -1446,6 +1446,7 @@ async fn commerce_events_become_notifications_once_per_event() {
         customer_id: uid.clone(),
         checkout_id: "chk_e1".into(),
         status: status.into(),
+        guest: None,
         total: money,
         items: vec![orders::OrderLine {
             sku: "TEE".into(),
