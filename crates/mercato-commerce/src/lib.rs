@@ -85,6 +85,9 @@ impl AppState {
         kernel
             .bus
             .subscribe(Arc::new(orders::OrderRefunds(orders.clone())));
+        kernel
+            .bus
+            .subscribe(Arc::new(orders::GuestOrderClaims(orders.clone())));
         Ok(AppState {
             kernel,
             identity,

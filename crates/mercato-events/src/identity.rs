@@ -15,3 +15,28 @@ pub struct UserRegistered {
     pub role: Role,
 }
 payload!(UserRegistered, "user.registered", "user", user_id);
+
+/// `user.email_verification_requested`: a user asked to prove their email; the notification
+/// platform mails them `token` (valid until `expires_at`, microseconds).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailVerificationRequested {
+    pub user_id: String,
+    pub email: String,
+    pub token: String,
+    pub expires_at: i64,
+}
+payload!(
+    EmailVerificationRequested,
+    "user.email_verification_requested",
+    "user",
+    user_id
+);
+
+/// `user.email_verified`: the user holds this email (verified now, or signing in with an
+/// email verified earlier): guest orders bought with it attach to the account.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EmailVerified {
+    pub user_id: String,
+    pub email: String,
+}
+payload!(EmailVerified, "user.email_verified", "user", user_id);

@@ -105,6 +105,8 @@ registry! {
     ProductCreated => catalog::ProductCreated,
     ProductUpdated => catalog::ProductUpdated,
     UserRegistered => identity::UserRegistered,
+    EmailVerificationRequested => identity::EmailVerificationRequested,
+    EmailVerified => identity::EmailVerified,
     InventoryReserved => inventory::Reserved,
     InventoryReleased => inventory::Released,
     InventoryCommitted => inventory::Committed,

@@ -33,6 +33,15 @@ fn samples() -> Vec<(&'static str, Value)> {
             json!({"user_id": "usr_1", "email": "ada@example.com", "name": "Ada", "role": "customer"}),
         ),
         (
+            "user.email_verification_requested",
+            json!({"user_id": "usr_1", "email": "ada@example.com", "token": "evt_1",
+                   "expires_at": 1_700_000_000_000_000_i64}),
+        ),
+        (
+            "user.email_verified",
+            json!({"user_id": "usr_1", "email": "ada@example.com"}),
+        ),
+        (
             "inventory.reserved",
             json!({"checkout_id": "chk_1", "lines": lines}),
         ),

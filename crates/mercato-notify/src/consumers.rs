@@ -2,14 +2,15 @@
 //!
 //! | event | type | to |
 //! |---|---|---|
-//! | `order.confirmed` | `order_confirmed` | the customer |
-//! | `payment.declined` | `payment_failed` | the customer |
-//! | `order.shipped` | `order_shipped` | the customer |
-//! | `order.delivered` | `order_delivered` | the customer |
-//! | `order.refunded` | `refund_issued` | the customer |
-//! | `order.returned` | `return_approved` | the customer |
+//! | `order.confirmed` | `order_confirmed` | the customer (a guest order: its email) |
+//! | `payment.declined` | `payment_failed` | the customer (a guest order: its email) |
+//! | `order.shipped` | `order_shipped` | the customer (a guest order: its email) |
+//! | `order.delivered` | `order_delivered` | the customer (a guest order: its email) |
+//! | `order.refunded` | `refund_issued` | the customer (a guest order: its email) |
+//! | `order.returned` | `return_approved` | the customer (a guest order: its email) |
 //! | `inventory.low_stock` | `low_stock` | every admin |
 //! | `user.registered` | `welcome` | the new user |
+//! | `user.email_verification_requested` | `email_verification` | the email being verified |
 //!
 //! Idempotent per event id: each notification's `request_id` is `event:<event id>` (plus the
 //! admin id for fan-out), so a redelivered event answers with the notification it already made.
@@ -18,7 +19,7 @@
 //! dead-letters it where an admin can see it).
 
 use crate::service::{Notifier, NotifyError, SendRequest};
-use mercato_events::identity::UserRegistered;
+use mercato_events::identity::{EmailVerificationRequested, UserRegistered};
 use mercato_events::inventory::LowStock;
 use mercato_events::orders::{
     OrderConfirmed, OrderDelivered, OrderRefunded, OrderReturned, OrderShipped,
@@ -38,6 +39,7 @@ pub const EVENT_TYPES: &[&str] = &[
     OrderReturned::TYPE,
     LowStock::TYPE,
     UserRegistered::TYPE,
+    EmailVerificationRequested::TYPE,
 ];
 
 pub struct CommerceNotifications {
@@ -153,6 +155,23 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
                     ..SendRequest::default()
                 })
                 .collect())
+        }
+        EmailVerificationRequested::TYPE => {
+            let v: EmailVerificationRequested = event.decode()?;
+            // To the email being verified (not whatever the account holds by the time this
+            // is delivered).
+            one(SendRequest {
+                recipient: Some(crate::service::Recipient {
+                    email: Some(v.email.clone()),
+                    phone: None,
+                    push_tokens: None,
+                }),
+                type_name: "email_verification".into(),
+                data: json!({"token": v.token, "hours": 24,
+                             "verify_link": format!("/api/v1/auth/verify-email?token={}", v.token)}),
+                request_id: Some(format!("event:{}", event.id)),
+                ..SendRequest::default()
+            })
         }
         UserRegistered::TYPE => {
             let u: UserRegistered = event.decode()?;

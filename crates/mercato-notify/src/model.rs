@@ -428,6 +428,7 @@ pub fn builtin_types() -> Vec<TypeSpec> {
     const HOUR: u64 = 3_600;
     vec![
         spec("otp", &[Sms, Email], 0, None, true, Critical),
+        spec("email_verification", &[Email], 0, None, true, Critical),
         spec(
             "security_alert",
             &[Email, Sms, Push],

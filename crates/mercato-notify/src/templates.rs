@@ -205,6 +205,16 @@ pub static BUILTINS: &[Builtin] = &[
         sample: || json!({"code": "123456", "minutes": 10}),
     },
     Builtin {
+        name: "email_verification",
+        subject: "Confirm your email address",
+        short: "Confirm your email: {{ verify_link }}",
+        email: "Please confirm that this is your email address by sending this token to POST /api/v1/auth/verify-email, or opening the link below:\n\n{{ token }}\n\n{{ verify_link }}\n\nIt expires in {{ hours }} hours. If you did not ask for it, ignore this email.\n",
+        sample: || {
+            json!({"token": "evt_01EXAMPLE", "hours": 24,
+                          "verify_link": "/api/v1/auth/verify-email?token=evt_01EXAMPLE"})
+        },
+    },
+    Builtin {
         name: "security_alert",
         subject: "Security alert on your Mercato account",
         short: "Security alert: {{ message }}",

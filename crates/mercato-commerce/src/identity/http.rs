@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use mercato_kernel::auth::{Admins, Authorized};
+use mercato_kernel::auth::{Admins, Authorized, People};
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::error::{ApiError, Problem};
 use mercato_kernel::http::{ApiJson, ApiQuery, ClientIp, created};
@@ -21,6 +21,8 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(register))
         .routes(routes!(login))
         .routes(routes!(me))
+        .routes(routes!(request_email_verification))
+        .routes(routes!(verify_email, verify_email_link))
         .routes(routes!(list_addresses, add_address))
         .routes(routes!(delete_address))
         .routes(routes!(list_api_keys, create_api_key))
@@ -91,6 +93,63 @@ async fn me(State(s): State<AppState>, p: Principal) -> Result<Json<User>, ApiEr
         .user_id()
         .ok_or_else(|| ApiError::forbidden().detail("API keys have no user"))?;
     Ok(Json(s.identity.user(id).await?))
+}
+
+#[derive(Serialize, utoipa::ToSchema)]
+pub struct VerificationRequested {
+    /// `sent`, or `already_verified` (nothing is sent).
+    pub status: &'static str,
+}
+
+/// Mail the signed-in user a token proving their email (valid 24 h; 5 per hour). A verified
+/// email attaches the guest orders bought with it to the account.
+#[utoipa::path(post, path = "/me/email-verification", tag = "identity",
+    responses((status = 202, body = VerificationRequested), (status = 429, body = Problem)),
+    security(("bearer" = [])))]
+async fn request_email_verification(
+    State(s): State<AppState>,
+    p: Authorized<People>,
+) -> Result<impl IntoResponse, ApiError> {
+    let id = p
+        .user_id()
+        .ok_or_else(|| ApiError::forbidden().detail("API keys have no email"))?;
+    let sent = s.identity.request_email_verification(id).await?;
+    Ok((
+        StatusCode::ACCEPTED,
+        Json(VerificationRequested {
+            status: if sent { "sent" } else { "already_verified" },
+        }),
+    ))
+}
+
+#[derive(Deserialize, utoipa::ToSchema, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VerifyEmail {
+    /// The token from the verification email.
+    #[schema(pattern = "^evt_[0-9A-Za-z]{1,64}$")]
+    #[param(pattern = "^evt_[0-9A-Za-z]{1,64}$")]
+    pub token: String,
+}
+
+/// Prove an email with the token it was sent (once, within 24 h) → the user, verified.
+#[utoipa::path(post, path = "/auth/verify-email", tag = "identity", request_body = VerifyEmail,
+    responses((status = 200, body = User), (status = 422, body = Problem)))]
+async fn verify_email(
+    State(s): State<AppState>,
+    ApiJson(req): ApiJson<VerifyEmail>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(s.identity.verify_email(&req.token).await?))
+}
+
+/// The verification email's link (same as the POST).
+#[utoipa::path(get, path = "/auth/verify-email", tag = "identity", params(VerifyEmail),
+    responses((status = 200, body = User), (status = 422, body = Problem)))]
+async fn verify_email_link(
+    State(s): State<AppState>,
+    ApiQuery(q): ApiQuery<VerifyEmail>,
+) -> Result<Json<User>, ApiError> {
+    Ok(Json(s.identity.verify_email(&q.token).await?))
 }
 
 #[derive(Serialize, utoipa::ToSchema)]

@@ -124,6 +124,8 @@ pub struct User {
     pub role: Role,
     pub status: UserStatus,
     pub created_at: Timestamp,
+    /// When the email was proven (`POST /auth/verify-email`); `null` until then.
+    pub email_verified_at: Option<Timestamp>,
 }
 
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]

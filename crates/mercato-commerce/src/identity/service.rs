@@ -128,10 +128,12 @@ struct Inner {
 
 /// How long a user's role and status are trusted from memory. A change made through this
 /// process applies at once (the entry is dropped); one made by another node within this time.
+/// How long an email verification token is valid.
+const EMAIL_VERIFICATION_TTL_SECS: i64 = 24 * 3600;
 const PRINCIPAL_TTL: Duration = Duration::from_secs(1);
 const PRINCIPALS_MAX: usize = 50_000;
 
-fn sha256_hex(s: &str) -> String {
+pub(super) fn sha256_hex(s: &str) -> String {
     mercato_kernel::id::hex(&Sha256::digest(s.as_bytes()))
 }
 
@@ -312,8 +314,71 @@ impl IdentityService {
             .on_login(&creds.user.id, guest_cart_id)
             .await
             .map_err(IdentityError::Invalid)?;
+        if creds.user.email_verified_at.is_some() {
+            // Guest orders bought with this email since it was verified attach now.
+            self.inner
+                .store
+                .announce_verified(&creds.user, self.now())
+                .await?;
+        }
         metrics::counter!("logins_total", "outcome" => "ok").increment(1);
         Ok(self.session(creds.user))
+    }
+
+    /// Mails the user a token that proves their email (`POST /auth/verify-email`), valid for
+    /// 24 hours; at most 5 per user per hour. `false` when the email is already verified
+    /// (nothing is sent).
+    pub async fn request_email_verification(&self, user_id: &str) -> Result<bool, IdentityError> {
+        let user = self.user(user_id).await?;
+        if user.email_verified_at.is_some() {
+            return Ok(false);
+        }
+        let d = self
+            .inner
+            .kernel
+            .rate_limiter
+            .check(
+                &format!("email-verification:{user_id}"),
+                Quota::new(5, Duration::from_secs(3600)),
+                1,
+            )
+            .await;
+        if !d.allowed {
+            return Err(IdentityError::Invalid(
+                d.into_error()
+                    .detail("too many verification emails; wait before asking again"),
+            ));
+        }
+        let now = self.now();
+        let token = mercato_kernel::id::new_secret_id("evt");
+        self.inner
+            .store
+            .request_verification(
+                &user,
+                &token,
+                now.plus_secs(EMAIL_VERIFICATION_TTL_SECS),
+                now,
+            )
+            .await?;
+        Ok(true)
+    }
+
+    /// Uses a verification token: the user's email is verified and their guest orders attach.
+    pub async fn verify_email(&self, token: &str) -> Result<User, IdentityError> {
+        let unknown = || {
+            IdentityError::Invalid(ApiError::invalid(
+                "token",
+                "unknown, used or expired verification token",
+            ))
+        };
+        if !mercato_kernel::id::is_valid("evt", token.trim()) {
+            return Err(unknown());
+        }
+        self.inner
+            .store
+            .verify_email(token.trim(), self.now())
+            .await?
+            .ok_or_else(unknown)
     }
 
     pub async fn user(&self, id: &str) -> Result<User, IdentityError> {

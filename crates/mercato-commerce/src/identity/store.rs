@@ -1,7 +1,7 @@
 //! SQL for identity's own tables: one method per use case, one transaction per method.
 
 use super::model::{Address, AddressInput, User, UserStatus};
-use mercato_events::identity::UserRegistered;
+use mercato_events::identity::{EmailVerificationRequested, EmailVerified, UserRegistered};
 use mercato_kernel::Timestamp;
 use mercato_kernel::auth::Role;
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, bool_of, int_of};
@@ -47,7 +47,7 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<Timestamp>,
 }
 
-const USER_COLUMNS: &str = "id, email, name, role, status, created_at";
+const USER_COLUMNS: &str = "id, email, name, role, status, created_at, email_verified_at";
 const ADDRESS_COLUMNS: &str =
     "id, name, line1, line2, city, region, postal_code, country, phone, is_default";
 const KEY_COLUMNS: &str = "id, name, role, key_prefix, created_by, created_at, revoked_at";
@@ -63,6 +63,10 @@ fn user_of(r: &Row) -> StoreResult<User> {
         status: UserStatus::parse(&status)
             .ok_or_else(|| anyhow::anyhow!("bad status {status} in users"))?,
         created_at: Timestamp::from_micros(r.try_get("created_at").map_err(anyhow::Error::from)?),
+        email_verified_at: r
+            .try_get::<Option<i64>, _>("email_verified_at")
+            .map_err(anyhow::Error::from)?
+            .map(Timestamp::from_micros),
     })
 }
 
@@ -141,6 +145,105 @@ impl IdentityStore {
         }
         tx.commit().await?;
         Ok(user)
+    }
+
+    /// Stores a verification token's hash and, in the same transaction, the event that mails
+    /// the token.
+    pub async fn request_verification(
+        &self,
+        user: &User,
+        token: &str,
+        expires_at: Timestamp,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query(
+            "INSERT INTO email_verifications (token_hash, user_id, email, expires_at, created_at) \
+             VALUES ($1,$2,$3,$4,$5)",
+        )
+        .bind(token_hash(token))
+        .bind(&user.id)
+        .bind(&user.email)
+        .bind(expires_at.as_micros())
+        .bind(now.as_micros())
+        .execute(&mut *tx)
+        .await?;
+        outbox::append(
+            &mut tx,
+            now,
+            NewEvent::of(&EmailVerificationRequested {
+                user_id: user.id.clone(),
+                email: user.email.clone(),
+                token: token.to_owned(),
+                expires_at: expires_at.as_micros(),
+            }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Uses a verification token (once, before it expires) and marks the user's email verified
+    /// when it is still the email the token was sent to; emits `user.email_verified`. `None`
+    /// for an unknown, used or expired token.
+    pub async fn verify_email(&self, token: &str, now: Timestamp) -> StoreResult<Option<User>> {
+        let mut tx = self.db.begin().await?;
+        let row = sqlx::query(
+            "UPDATE email_verifications SET used_at = $1 \
+             WHERE token_hash = $2 AND used_at IS NULL AND expires_at > $1 RETURNING user_id, email",
+        )
+        .bind(now.as_micros())
+        .bind(token_hash(token))
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Ok(None);
+        };
+        let user_id: String = row.try_get("user_id").map_err(anyhow::Error::from)?;
+        let email: String = row.try_get("email").map_err(anyhow::Error::from)?;
+        let user = sqlx::query(&format!(
+            "UPDATE users SET email_verified_at = COALESCE(email_verified_at, $1), updated_at = $1 \
+             WHERE id = $2 AND email = $3 RETURNING {USER_COLUMNS}"
+        ))
+        .bind(now.as_micros())
+        .bind(&user_id)
+        .bind(&email)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(user) = user.as_ref().map(user_of).transpose()? else {
+            // The email changed since: the token proves an address the account no longer has.
+            tx.commit().await?;
+            return Ok(None);
+        };
+        Self::announce_verified_tx(&mut tx, &user, now).await?;
+        tx.commit().await?;
+        Ok(Some(user))
+    }
+
+    /// `user.email_verified` for a user whose email is verified (at sign-in: guest orders
+    /// bought with it since attach).
+    pub async fn announce_verified(&self, user: &User, now: Timestamp) -> StoreResult<()> {
+        let mut tx = self.db.begin().await?;
+        Self::announce_verified_tx(&mut tx, user, now).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn announce_verified_tx(
+        tx: &mut mercato_kernel::db::Tx,
+        user: &User,
+        now: Timestamp,
+    ) -> StoreResult<()> {
+        outbox::append(
+            tx,
+            now,
+            NewEvent::of(&EmailVerified {
+                user_id: user.id.clone(),
+                email: user.email.clone(),
+            }),
+        )
+        .await?;
+        Ok(())
     }
 
     pub async fn credentials_by_email(&self, email: &str) -> StoreResult<Option<Credentials>> {
@@ -413,4 +516,9 @@ impl IdentityStore {
                 .await?,
         )
     }
+}
+
+/// What `email_verifications` keeps of a token.
+fn token_hash(token: &str) -> String {
+    super::service::sha256_hex(token)
 }

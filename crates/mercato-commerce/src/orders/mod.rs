@@ -13,4 +13,4 @@ pub mod model;
 pub mod service;
 pub mod store;
 
-pub use service::{OrderError, OrderFlagger, OrderRefunds, OrderService};
+pub use service::{GuestOrderClaims, OrderError, OrderFlagger, OrderRefunds, OrderService};

@@ -12,6 +12,7 @@ use crate::inventory::InventoryService;
 use crate::payments::PaymentService;
 use crate::seams::PurchaseVerifier;
 use mercato_events::fraud::FraudFlagged;
+use mercato_events::identity::EmailVerified;
 use mercato_events::orders::{OrderRefunded, ReturnRequested, ReturnedLine};
 use mercato_events::payments::{PaymentChargeback, PaymentRefunded};
 use mercato_kernel::auth::{Principal, Role};
@@ -274,7 +275,7 @@ impl OrderService {
                     .collect();
                 (!mine.is_empty()).then_some(mine)
             }
-            _ if o.customer_id == viewer.subject => Some(items),
+            _ if o.bought_by(viewer) => Some(items),
             _ => None,
         }
     }
@@ -447,7 +448,7 @@ impl OrderService {
         let o = self.row(id).await?;
         match actor.role {
             Role::Admin => {}
-            _ if o.customer_id == actor.subject => {
+            _ if o.bought_by(actor) => {
                 if !matches!(o.status, OrderStatus::Confirmed | OrderStatus::Processing) {
                     o.status
                         .transition(OrderEvent::Cancel)
@@ -1089,6 +1090,32 @@ impl EventHandler for OrderRefunds {
         )
         .await?;
         tx.commit().await?;
+        Ok(())
+    }
+}
+
+/// Attaches guest orders to the account that verified their email (`user.email_verified`).
+pub struct GuestOrderClaims(pub OrderService);
+
+#[async_trait::async_trait]
+impl EventHandler for GuestOrderClaims {
+    fn name(&self) -> &str {
+        "orders.guest_claims"
+    }
+    fn interested_in(&self, event_type: &str) -> bool {
+        event_type == EmailVerified::TYPE
+    }
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let v: EmailVerified = event.decode()?;
+        let n = self
+            .0
+            .inner
+            .store
+            .attach_guest_orders(&v.email, &v.user_id, self.0.now())
+            .await?;
+        if n > 0 {
+            metrics::counter!("guest_orders_attached_total").increment(n);
+        }
         Ok(())
     }
 }

@@ -63,6 +63,19 @@ pub struct NewOrder {
     pub guest: Option<GuestBuyer>,
 }
 
+impl OrderRow {
+    /// Whether `p` bought this order: its customer, or the guest holding its token (also after
+    /// the order attached to the account that verified the guest's email).
+    pub fn bought_by(&self, p: &mercato_kernel::auth::Principal) -> bool {
+        self.customer_id == p.subject
+            || (p.is_guest()
+                && self
+                    .guest
+                    .as_ref()
+                    .is_some_and(|g| mercato_kernel::auth::guest_subject(&g.token) == p.subject))
+    }
+}
+
 fn g(e: sqlx::Error) -> StoreError {
     StoreError::Other(e.into())
 }
@@ -412,6 +425,29 @@ impl OrderStore {
             .await?;
         }
         Ok(order)
+    }
+
+    /// Guest orders bought with `email` become `user_id`'s (idempotent: an attached order is
+    /// no longer a guest's). Returns how many attached.
+    pub async fn attach_guest_orders(
+        &self,
+        email: &str,
+        user_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<u64> {
+        let mut tx = self.db.begin().await?;
+        let n = sqlx::query(
+            "UPDATE orders SET customer_id = $1, updated_at = $2 \
+             WHERE guest_email = $3 AND customer_id LIKE 'gst\\_%' ESCAPE '\\'",
+        )
+        .bind(user_id)
+        .bind(now.as_micros())
+        .bind(email)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        tx.commit().await?;
+        Ok(n)
     }
 
     pub async fn order(&self, id: &str) -> StoreResult<Option<OrderRow>> {

@@ -160,6 +160,24 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
     // Tokens issued before the clock jumped may have expired.
     let admin = app.admin().await;
 
+    // An email verification: requested (mailed), then used (user.email_verified).
+    let c5 = app.customer().await;
+    let r = c5.post("/me/email-verification", Value::Null).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    let data: String = sqlx::query_scalar(
+        "SELECT data FROM outbox WHERE event_type = 'user.email_verification_requested'",
+    )
+    .fetch_one(app.state.kernel.db.reader())
+    .await
+    .unwrap_or_else(|e| panic!("{e}"));
+    let data: Value = serde_json::from_str(&data).unwrap_or_default();
+    post_ok(
+        &app.api,
+        "/auth/verify-email",
+        json!({"token": data["token"]}),
+    )
+    .await;
+
     let caught_up = app
         .eventually(Duration::from_secs(30), || async {
             delivered(&app).await.then_some(())

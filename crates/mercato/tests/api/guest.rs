@@ -268,3 +268,164 @@ fn quoted_printable(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+/// The token of the newest verification email to `to`.
+async fn verification_token(
+    app: &TestApp,
+    peers: &crate::notifications::Peers,
+    to: &str,
+) -> String {
+    let to = to.to_owned();
+    app.eventually(Duration::from_secs(10), || {
+        let mails = peers.smtp.messages();
+        let to = to.clone();
+        async move {
+            mails
+                .iter()
+                .rev()
+                .filter(|m| m.to.iter().any(|t| t.contains(&to)))
+                .map(|m| quoted_printable(&m.body()))
+                .find_map(|body| {
+                    let start = body.find("evt_")?;
+                    let token: String = body[start..]
+                        .chars()
+                        .take_while(char::is_ascii_alphanumeric_or_underscore)
+                        .collect();
+                    Some(token)
+                })
+        }
+    })
+    .await
+    .unwrap_or_else(|| panic!("no verification email to {to}"))
+}
+
+trait TokenChar {
+    fn is_ascii_alphanumeric_or_underscore(&self) -> bool;
+}
+impl TokenChar for char {
+    fn is_ascii_alphanumeric_or_underscore(&self) -> bool {
+        self.is_ascii_alphanumeric() || *self == '_'
+    }
+}
+
+#[tokio::test]
+async fn guest_orders_attach_to_the_account_once_its_email_is_verified() {
+    let (app, peers) = app_with_peers(|_| {}).await;
+    let (admin, sku, de, _) = stocked(&app, "gattach").await;
+    admin.set_stock(&sku, &de, 5).await;
+    let (guest, cart) = guest_cart(&app, &sku, 1).await;
+    let chk = guest
+        .post("/checkouts", guest_checkout(&cart, "later@example.com"))
+        .await;
+    let token = chk.body["guest_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let paid = guest
+        .with_token(&token)
+        .pay(&chk.id(), "tok_visa", "a1")
+        .await;
+    assert_eq!(paid.status, 201, "{}", paid.body);
+    let order_id = paid.body["order_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+
+    // Registering with the email is not proof of owning it: nothing attaches yet.
+    let r = app
+        .api
+        .register("later@example.com", "correct horse battery")
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert!(r.body["user"]["email_verified_at"].is_null());
+    let user = app
+        .api
+        .with_token(r.body["access_token"].as_str().unwrap_or_default());
+    assert_eq!(user.get(&format!("/orders/{order_id}")).await.status, 404);
+
+    // A wrong token is a 422 and verifies nothing.
+    let r = app
+        .api
+        .post(
+            "/auth/verify-email",
+            json!({"token": "evt_0000000000000000000000000"}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+
+    let r = user.post("/me/email-verification", Value::Null).await;
+    assert_eq!(r.status, 202, "{}", r.body);
+    assert_eq!(r.body["status"], "sent");
+    let evt = verification_token(&app, &peers, "later@example.com").await;
+    let r = app
+        .api
+        .post("/auth/verify-email", json!({"token": evt}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body["email_verified_at"].is_string(), "{}", r.body);
+    // Used once.
+    let r = app
+        .api
+        .post("/auth/verify-email", json!({"token": evt}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+
+    let listed = app
+        .eventually(Duration::from_secs(10), || {
+            let user = user.clone();
+            let order_id = order_id.clone();
+            async move {
+                let r = user.get("/orders").await;
+                r.body["data"]
+                    .as_array()
+                    .is_some_and(|d| d.iter().any(|o| o["id"] == order_id.as_str()))
+                    .then_some(())
+            }
+        })
+        .await;
+    assert!(listed.is_some(), "the guest order attached to the account");
+    assert_eq!(user.get(&format!("/orders/{order_id}")).await.status, 200);
+    // The guest's token still opens it (the link in the email keeps working).
+    let r = guest
+        .with_token(&token)
+        .get(&format!("/orders/{order_id}"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Asking again once verified sends nothing.
+    let r = user.post("/me/email-verification", Value::Null).await;
+    assert_eq!(r.body["status"], "already_verified");
+
+    // A guest order bought after verification attaches at the next sign-in.
+    let (guest2, cart2) = guest_cart(&app, &sku, 1).await;
+    let chk2 = guest2
+        .post("/checkouts", guest_checkout(&cart2, "later@example.com"))
+        .await;
+    let token2 = chk2.body["guest_token"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let paid2 = guest2
+        .with_token(&token2)
+        .pay(&chk2.id(), "tok_visa", "a2")
+        .await;
+    assert_eq!(paid2.status, 201, "{}", paid2.body);
+    let order2 = paid2.body["order_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let r = app
+        .api
+        .login("later@example.com", "correct horse battery")
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let attached = app
+        .eventually(Duration::from_secs(10), || {
+            let user = user.clone();
+            let order2 = order2.clone();
+            async move {
+                (user.get(&format!("/orders/{order2}")).await.status == 200).then_some(())
+            }
+        })
+        .await;
+    assert!(attached.is_some(), "attached at sign-in");
+}
