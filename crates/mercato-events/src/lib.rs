@@ -128,6 +128,7 @@ registry! {
     OrderReturned => orders::OrderReturned,
     OrderRefunded => orders::OrderRefunded,
     ReturnRequested => orders::ReturnRequested,
+    WebhookEndpointDisabled => webhooks::EndpointDisabled,
 }
 
 #[cfg(test)]

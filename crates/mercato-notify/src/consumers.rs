@@ -10,6 +10,7 @@
 //! | `order.returned` | `return_approved` | the customer |
 //! | `inventory.low_stock` | `low_stock` | every admin |
 //! | `user.registered` | `welcome` | the new user |
+//! | `webhook.endpoint_disabled` | `webhook_disabled` | every admin |
 //!
 //! Idempotent per event id: each notification's `request_id` is `event:<event id>` (plus the
 //! admin id for fan-out), so a redelivered event answers with the notification it already made.
@@ -24,6 +25,7 @@ use mercato_events::orders::{
     OrderConfirmed, OrderDelivered, OrderRefunded, OrderReturned, OrderShipped,
 };
 use mercato_events::payments::PaymentDeclined;
+use mercato_events::webhooks::EndpointDisabled;
 use mercato_kernel::outbox::{Event, EventHandler, EventPayload as _};
 use serde_json::{Value, json};
 
@@ -38,6 +40,7 @@ pub const EVENT_TYPES: &[&str] = &[
     OrderReturned::TYPE,
     LowStock::TYPE,
     UserRegistered::TYPE,
+    EndpointDisabled::TYPE,
 ];
 
 pub struct CommerceNotifications {
@@ -128,6 +131,21 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
                 })
                 .collect())
         }
+        EndpointDisabled::TYPE => {
+            let e: EndpointDisabled = event.decode()?;
+            let data = json!({"endpoint_id": e.endpoint_id, "url": e.url,
+                              "failing_since": e.failing_since, "reason": e.reason});
+            Ok(admins
+                .iter()
+                .map(|admin| SendRequest {
+                    user_id: Some(admin.clone()),
+                    type_name: "webhook_disabled".into(),
+                    data: data.clone(),
+                    request_id: Some(format!("event:{}:{admin}", event.id)),
+                    ..SendRequest::default()
+                })
+                .collect())
+        }
         UserRegistered::TYPE => {
             let u: UserRegistered = event.decode()?;
             let name = u
@@ -159,7 +177,9 @@ impl EventHandler for CommerceNotifications {
     }
 
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let admins = if event.event_type == LowStock::TYPE {
+        let admins = if event.event_type == LowStock::TYPE
+            || event.event_type == EndpointDisabled::TYPE
+        {
             self.notifier.inner.directory.admins().await?
         } else {
             Vec::new()
