@@ -14,7 +14,12 @@ pub struct EndpointDisabled {
     /// When the endpoint started failing (first failure after its last success).
     pub failing_since: mercato_kernel::Timestamp,
 }
-payload!(EndpointDisabled, "webhook.endpoint_disabled", "webhook_endpoint", endpoint_id);
+payload!(
+    EndpointDisabled,
+    "webhook.endpoint_disabled",
+    "webhook_endpoint",
+    endpoint_id
+);
 
 /// `webhook.test`: sent by `POST /admin/webhooks/{id}/test` to that endpoint only (never on
 /// the bus, so not in the registry).

@@ -177,13 +177,12 @@ impl EventHandler for CommerceNotifications {
     }
 
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let admins = if event.event_type == LowStock::TYPE
-            || event.event_type == EndpointDisabled::TYPE
-        {
-            self.notifier.inner.directory.admins().await?
-        } else {
-            Vec::new()
-        };
+        let admins =
+            if event.event_type == LowStock::TYPE || event.event_type == EndpointDisabled::TYPE {
+                self.notifier.inner.directory.admins().await?
+            } else {
+                Vec::new()
+            };
         let producer = format!("event:{}", event.event_type);
         for req in requests_for(event, &admins)? {
             match self.notifier.accept(&producer, req, None).await {

@@ -127,8 +127,10 @@ async fn list_endpoints(
     let rows = w.store().endpoints_page(page.after, page.limit).await?;
     let now = w.now();
     Ok(Json(
-        Page::from_rows(rows, page.limit, |e| (e.created_at.as_micros(), e.id.clone()))
-            .map(|e| EndpointView::of(e, now)),
+        Page::from_rows(rows, page.limit, |e| {
+            (e.created_at.as_micros(), e.id.clone())
+        })
+        .map(|e| EndpointView::of(e, now)),
     ))
 }
 
@@ -319,8 +321,13 @@ async fn list_deliveries(
     let id = endpoint_id(&id)?;
     let page = q.parse::<(i64, String)>()?;
     w.endpoint(&id).await?;
-    let rows = w.store().deliveries_page(&id, page.after, page.limit).await?;
-    let page = Page::from_rows(rows, page.limit, |d| (d.created_at.as_micros(), d.id.clone()));
+    let rows = w
+        .store()
+        .deliveries_page(&id, page.after, page.limit)
+        .await?;
+    let page = Page::from_rows(rows, page.limit, |d| {
+        (d.created_at.as_micros(), d.id.clone())
+    });
     let ids: Vec<String> = page.data.iter().map(|d| d.id.clone()).collect();
     let attempts = w.store().attempts_of(&ids).await?;
     Ok(Json(page.map(|d| DeliveryView::of(d, &attempts))))

@@ -46,7 +46,9 @@ pub fn check_pattern(pattern: &str, known: &[&str]) -> Result<(), String> {
     }
     if let Some(prefix) = pattern.strip_suffix(".*") {
         if prefix.is_empty() || prefix.contains('*') {
-            return Err(format!("{pattern:?} is not a pattern (use `*` or `system.*`)"));
+            return Err(format!(
+                "{pattern:?} is not a pattern (use `*` or `system.*`)"
+            ));
         }
         let dotted = format!("{prefix}.");
         return if known.iter().any(|t| t.starts_with(&dotted)) {
@@ -56,7 +58,9 @@ pub fn check_pattern(pattern: &str, known: &[&str]) -> Result<(), String> {
         };
     }
     if pattern.contains('*') {
-        return Err(format!("{pattern:?} is not a pattern (use `*` or `system.*`)"));
+        return Err(format!(
+            "{pattern:?} is not a pattern (use `*` or `system.*`)"
+        ));
     }
     if known.contains(&pattern) {
         Ok(())

@@ -363,7 +363,9 @@ impl Webhooks {
         let endpoints = self.inner.store.enabled_endpoints().await?;
         let wanted: Vec<&EndpointRow> = endpoints
             .iter()
-            .filter(|e| e.created_at <= event.occurred_at && model::matches(&e.events, &event.event_type))
+            .filter(|e| {
+                e.created_at <= event.occurred_at && model::matches(&e.events, &event.event_type)
+            })
             .collect();
         if wanted.is_empty() {
             return Ok(0);

@@ -8,10 +8,10 @@ use axum::routing::get;
 use axum::{Json, Router, middleware};
 use mercato_commerce::AppState;
 use mercato_kernel::error::{ApiError, Code};
+use mercato_kernel::http::cors::CorsPolicy;
 use mercato_kernel::http::{
     MiddlewareConfig, apply_middleware, method_not_allowed, route_not_found,
 };
-use mercato_kernel::http::cors::CorsPolicy;
 use mercato_kernel::idempotency::IdempotencyStore;
 use mercato_kernel::ratelimit::{HttpQuotas, Quota};
 use std::sync::Arc;

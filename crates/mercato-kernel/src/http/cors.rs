@@ -162,6 +162,10 @@ mod tests {
         assert!(!p.allows("/api/v1/products", "https://evil.example"));
         assert!(CorsPolicy::from_lists(Some("shop.example"), None).is_err());
         assert!(CorsPolicy::from_lists(Some("https://a.example/path"), None).is_err());
-        assert!(CorsPolicy::from_lists(None, None).expect("empty").is_empty());
+        assert!(
+            CorsPolicy::from_lists(None, None)
+                .expect("empty")
+                .is_empty()
+        );
     }
 }
