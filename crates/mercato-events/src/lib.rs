@@ -130,6 +130,7 @@ registry! {
     OrderReturned => orders::OrderReturned,
     OrderRefunded => orders::OrderRefunded,
     ReturnRequested => orders::ReturnRequested,
+    WebhookEndpointDisabled => webhooks::EndpointDisabled,
 }
 
 #[cfg(test)]

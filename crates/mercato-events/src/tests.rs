@@ -151,6 +151,11 @@ fn samples() -> Vec<(&'static str, Value)> {
                    "return_id": "ret_1", "items": [{"sku": "TEE", "quantity": 1}],
                    "reason": "too small"}),
         ),
+        (
+            "webhook.endpoint_disabled",
+            json!({"endpoint_id": "wh_1", "url": "https://shop.example/hooks",
+                   "reason": "failing", "failing_since": "2026-01-01T00:00:00Z"}),
+        ),
     ]
 }
 

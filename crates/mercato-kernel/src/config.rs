@@ -214,6 +214,22 @@ settings! {
     notify_default_locale: String = "en".into();
     /// How often staged search index changes are committed (made searchable), milliseconds.
     search_commit_ms: u64 = 1000;
+    /// Allow webhook endpoints on private, loopback and link-local addresses (tests, on-premises integrations).
+    webhooks_allow_private_targets: bool = false;
+    /// Timeout of one webhook delivery attempt (a 2xx within it is success), milliseconds.
+    webhooks_timeout_ms: u64 = 15_000;
+    /// Backoff base between webhook delivery attempts, milliseconds (doubling, jittered, at most 240× the base).
+    webhooks_retry_base_ms: u64 = 60_000;
+    /// Attempts of a webhook delivery before it is dead (16 at the default base span about 24 h).
+    webhooks_max_attempts: u32 = 16;
+    /// An endpoint failing every attempt for this long is disabled and admins are notified, seconds.
+    webhooks_disable_after_secs: u64 = 259_200;
+    /// How long the previous secret keeps signing after a rotation, seconds.
+    webhooks_rotation_grace_secs: u64 = 86_400;
+    /// Origins allowed to call the public and customer API from a browser (comma-separated; unset = no CORS headers).
+    cors_store_origins: Option<String> = None;
+    /// Origins allowed to call `/admin/*` routes from a browser (comma-separated; unset = no CORS headers).
+    cors_admin_origins: Option<String> = None;
 }
 
 trait FromSetting: Sized {
@@ -317,6 +333,10 @@ impl Settings {
         if self.gateway_url.is_some() && self.gateway_webhook_secret.is_none() {
             bail!("gateway_webhook_secret must be set when gateway_url is set");
         }
+        crate::http::cors::CorsPolicy::from_lists(
+            self.cors_store_origins.as_deref(),
+            self.cors_admin_origins.as_deref(),
+        )?;
         if self.gateway_timeout_ms == 0 {
             bail!("gateway_timeout_ms must be at least 1");
         }

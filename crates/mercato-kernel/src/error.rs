@@ -97,6 +97,8 @@ error_codes! {
     TemplateInvalid => (422, "template_invalid", "The template does not compile or render");
     TemplateVersionConflict => (409, "template_version_conflict", "The template changed since the version you edited");
     InvalidWebhook => (400, "invalid_webhook", "The webhook is from an unknown provider or its signature is invalid");
+    // --- merchant webhooks ---
+    InvalidWebhookUrl => (422, "invalid_webhook_url", "The webhook URL must be http(s) and resolve to public addresses");
 }
 
 /// One failed field of a 422.

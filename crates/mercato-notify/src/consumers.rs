@@ -11,6 +11,7 @@
 //! | `inventory.low_stock` | `low_stock` | every admin |
 //! | `user.registered` | `welcome` | the new user |
 //! | `user.email_verification_requested` | `email_verification` | the email being verified |
+//! | `webhook.endpoint_disabled` | `webhook_disabled` | every admin |
 //!
 //! Idempotent per event id: each notification's `request_id` is `event:<event id>` (plus the
 //! admin id for fan-out), so a redelivered event answers with the notification it already made.
@@ -25,6 +26,7 @@ use mercato_events::orders::{
     OrderConfirmed, OrderDelivered, OrderRefunded, OrderReturned, OrderShipped,
 };
 use mercato_events::payments::PaymentDeclined;
+use mercato_events::webhooks::EndpointDisabled;
 use mercato_kernel::outbox::{Event, EventHandler, EventPayload as _};
 use serde_json::{Value, json};
 
@@ -40,6 +42,7 @@ pub const EVENT_TYPES: &[&str] = &[
     LowStock::TYPE,
     UserRegistered::TYPE,
     EmailVerificationRequested::TYPE,
+    EndpointDisabled::TYPE,
 ];
 
 pub struct CommerceNotifications {
@@ -173,6 +176,21 @@ pub fn requests_for(event: &Event, admins: &[String]) -> anyhow::Result<Vec<Send
                 ..SendRequest::default()
             })
         }
+        EndpointDisabled::TYPE => {
+            let e: EndpointDisabled = event.decode()?;
+            let data = json!({"endpoint_id": e.endpoint_id, "url": e.url,
+                              "failing_since": e.failing_since, "reason": e.reason});
+            Ok(admins
+                .iter()
+                .map(|admin| SendRequest {
+                    user_id: Some(admin.clone()),
+                    type_name: "webhook_disabled".into(),
+                    data: data.clone(),
+                    request_id: Some(format!("event:{}:{admin}", event.id)),
+                    ..SendRequest::default()
+                })
+                .collect())
+        }
         UserRegistered::TYPE => {
             let u: UserRegistered = event.decode()?;
             let name = u
@@ -204,11 +222,12 @@ impl EventHandler for CommerceNotifications {
     }
 
     async fn handle(&self, event: &Event) -> anyhow::Result<()> {
-        let admins = if event.event_type == LowStock::TYPE {
-            self.notifier.inner.directory.admins().await?
-        } else {
-            Vec::new()
-        };
+        let admins =
+            if event.event_type == LowStock::TYPE || event.event_type == EndpointDisabled::TYPE {
+                self.notifier.inner.directory.admins().await?
+            } else {
+                Vec::new()
+            };
         let producer = format!("event:{}", event.event_type);
         for req in requests_for(event, &admins)? {
             match self.notifier.accept(&producer, req, None).await {

@@ -22,8 +22,8 @@
 //!   transactions, and an express hand-off for critical and high jobs.
 //!
 //! Consumes `order.confirmed`, `payment.declined`, `order.shipped`, `order.delivered`,
-//! `order.refunded`, `order.returned`, `inventory.low_stock`, `user.registered`
-//! ([`consumers`]). Emits no events.
+//! `order.refunded`, `order.returned`, `inventory.low_stock`, `user.registered`,
+//! `webhook.endpoint_disabled` ([`consumers`]). Emits no events.
 #![forbid(unsafe_code)]
 
 pub mod consumers;

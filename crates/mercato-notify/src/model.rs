@@ -486,6 +486,14 @@ pub fn builtin_types() -> Vec<TypeSpec> {
             false,
             Normal,
         ),
+        spec(
+            "webhook_disabled",
+            &[Email, InApp],
+            HOUR,
+            Some("endpoint_id"),
+            false,
+            Normal,
+        ),
         spec("welcome", &[Email, InApp], DAY, None, false, Normal),
         spec("account_update", &[Email, InApp], 0, None, false, Normal),
         spec(

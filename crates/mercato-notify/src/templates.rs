@@ -285,6 +285,13 @@ pub static BUILTINS: &[Builtin] = &[
         sample: || json!({"sku": "TEE-M", "warehouse_id": "wh_01EXAMPLE", "available": 3, "threshold": 10}),
     },
     Builtin {
+        name: "webhook_disabled",
+        subject: "Webhook endpoint disabled: {{ url }}",
+        short: "The webhook endpoint {{ url }} failed for 3 days and was disabled.",
+        email: "Every delivery to the webhook endpoint {{ url }} ({{ endpoint_id }}) has failed since {{ failing_since }}, so it was disabled.\n\nFix the endpoint, enable it again (PATCH /api/v1/admin/webhooks/{{ endpoint_id }} {\"status\": \"enabled\"}) and redeliver the dead deliveries.\n",
+        sample: || json!({"endpoint_id": "wh_01EXAMPLE", "url": "https://shop.example/hooks", "failing_since": "2026-01-01T00:00:00Z"}),
+    },
+    Builtin {
         name: "welcome",
         subject: "Welcome to Mercato, {{ name }}",
         short: "Welcome to Mercato, {{ name }}!",

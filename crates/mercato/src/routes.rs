@@ -8,6 +8,7 @@ use axum::routing::get;
 use axum::{Json, Router, middleware};
 use mercato_commerce::AppState;
 use mercato_kernel::error::{ApiError, Code};
+use mercato_kernel::http::cors::CorsPolicy;
 use mercato_kernel::http::{
     MiddlewareConfig, apply_middleware, method_not_allowed, route_not_found,
 };
@@ -51,12 +52,14 @@ impl Modify for BearerAuth {
 /// Every `/api/v1` route with the OpenAPI document describing them.
 pub fn api(
     notify: mercato_notify::NotifyState,
+    webhooks: mercato_webhooks::Webhooks,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::<AppState>::new()
         .merge(mercato_commerce::router())
         .merge(mercato_kernel::outbox::admin::router::<AppState>())
         // The notification platform has its own state.
-        .merge(mercato_notify::router().with_state(notify));
+        .merge(mercato_notify::router().with_state(notify))
+        .merge(mercato_webhooks::router().with_state(webhooks));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();
@@ -66,9 +69,13 @@ pub fn api(
 }
 
 /// The whole HTTP surface with its middleware.
-pub fn build_router(state: AppState, notify: mercato_notify::NotifyState) -> Router {
+pub fn build_router(
+    state: AppState,
+    notify: mercato_notify::NotifyState,
+    webhooks: mercato_webhooks::Webhooks,
+) -> Router {
     let settings = state.kernel.settings.clone();
-    let (api, openapi) = api(notify);
+    let (api, openapi) = api(notify, webhooks);
     let openapi = Arc::new(openapi.to_json().unwrap_or_else(|_| "{}".into()));
 
     let idempotency = Arc::new(IdempotencyStore {
@@ -129,7 +136,7 @@ pub fn build_router(state: AppState, notify: mercato_notify::NotifyState) -> Rou
         .merge(api)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    apply_middleware(
+    let router = apply_middleware(
         router,
         MiddlewareConfig {
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
@@ -137,7 +144,23 @@ pub fn build_router(state: AppState, notify: mercato_notify::NotifyState) -> Rou
             max_in_flight: settings.max_in_flight_requests,
             trust_forwarded_for: settings.trust_forwarded_for,
         },
-    )
+    );
+    // Outermost: every answer (errors, rate limits, load shedding) carries CORS headers for a
+    // listed origin, and preflights are answered before anything else runs. Settings were
+    // validated at load, so the lists parse.
+    let cors = Arc::new(
+        CorsPolicy::from_lists(
+            settings.cors_store_origins.as_deref(),
+            settings.cors_admin_origins.as_deref(),
+        )
+        .unwrap_or_default(),
+    );
+    if cors.is_empty() {
+        return router;
+    }
+    router.layer(middleware::from_fn(move |req, next| {
+        mercato_kernel::http::cors::cors(cors.clone(), req, next)
+    }))
 }
 
 async fn healthz() -> Json<serde_json::Value> {

@@ -34,6 +34,7 @@ pub struct Application {
     state: AppState,
     bus: Arc<EmbeddedBus>,
     notify: mercato_notify::Notifier,
+    webhooks: mercato_webhooks::Webhooks,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
@@ -147,12 +148,19 @@ impl Application {
         }
         let (trigger, shutdown) = shutdown::channel();
         let notify = crate::notify::build(&state, &bus, shutdown.clone())?;
+        let webhooks = mercato_webhooks::build(
+            state.kernel.db.clone(),
+            state.kernel.clock.clone(),
+            &state.kernel.settings,
+        )?;
+        bus.subscribe(mercato_webhooks::consumer(&webhooks));
         Ok(Application {
             listener,
             local_addr,
             state,
             bus,
             notify,
+            webhooks,
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
@@ -184,6 +192,11 @@ impl Application {
         self.notify.clone()
     }
 
+    /// Merchant webhooks.
+    pub fn webhooks(&self) -> mercato_webhooks::Webhooks {
+        self.webhooks.clone()
+    }
+
     /// A handle that stops the application (same as SIGTERM).
     pub fn stopper(&self) -> ShutdownTrigger {
         self.trigger.clone()
@@ -194,6 +207,9 @@ impl Application {
         let bus: Arc<dyn EventBus> = self.bus.clone();
         handles.push(tokio::spawn(bus.run(self.shutdown.clone())));
         handles.extend(self.notify.spawn_workers(self.shutdown.clone()));
+        handles.push(tokio::spawn(
+            self.webhooks.clone().run(self.shutdown.clone()),
+        ));
 
         let sweep = Duration::from_secs(self.state.kernel.settings.sweep_every_secs.max(1));
         let carts = self.state.carts.clone();
@@ -308,7 +324,11 @@ impl Application {
         let trigger = self.trigger;
         let server = match self.listener {
             Some(listener) => {
-                let router = crate::routes::build_router(self.state.clone(), self.notify.clone());
+                let router = crate::routes::build_router(
+                    self.state.clone(),
+                    self.notify.clone(),
+                    self.webhooks.clone(),
+                );
                 let mut stop_server = stop.clone();
                 Some(tokio::spawn(async move {
                     axum::serve(

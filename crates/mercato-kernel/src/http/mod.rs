@@ -1,6 +1,7 @@
 //! HTTP building blocks shared by every module: request ids, the middleware stack, JSON and
 //! query extractors that answer problem+json, and the 404/405 fallbacks.
 
+pub mod cors;
 mod extract;
 mod middleware;
 pub mod openapi;

@@ -3,6 +3,9 @@
 //! requests (503) or all of them, slow down, or answer that device tokens are unregistered.
 //! It deduplicates by the body's `message_id` the way a real provider does with an idempotency
 //! key: a resend of an accepted message is answered with the original id and not counted twice.
+//! In webhook mode ([`HttpSink::start_webhook_receiver`]) it plays a merchant's webhook endpoint
+//! instead: any body is accepted (200), and each request keeps its raw body and headers so that
+//! a test can verify signatures.
 
 use axum::Json;
 use axum::extract::State as AxState;
@@ -21,6 +24,10 @@ pub struct ReceivedRequest {
     pub authorization: Option<String>,
     pub idempotency_key: Option<String>,
     pub body: Value,
+    /// The body exactly as received.
+    pub raw: Vec<u8>,
+    /// Every header (lower-case names; the last value of repeated ones).
+    pub headers: HashMap<String, String>,
     pub at: Instant,
 }
 
@@ -37,6 +44,7 @@ struct Sink {
     unregistered: Mutex<HashSet<String>>,
     fail_next: AtomicU32,
     fail_always: AtomicBool,
+    webhook_mode: AtomicBool,
     unregister_all: AtomicBool,
     delay_ms: AtomicU64,
     counter: AtomicU64,
@@ -65,6 +73,7 @@ async fn handle(
     headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Response {
+    let raw = body.to_vec();
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
     let h = |n: &str| {
         headers
@@ -77,6 +86,11 @@ async fn handle(
         authorization: h("authorization"),
         idempotency_key: h("idempotency-key"),
         body: body.clone(),
+        raw,
+        headers: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.as_str().to_owned(), v.to_str().ok()?.to_owned())))
+            .collect(),
         at: Instant::now(),
     };
     if let Ok(mut r) = s.received.lock() {
@@ -96,6 +110,9 @@ async fn handle(
             Json(json!({"error": "unavailable"})),
         )
             .into_response();
+    }
+    if s.webhook_mode.load(Ordering::SeqCst) {
+        return (StatusCode::OK, Json(json!({"received": true}))).into_response();
     }
     if s.unregister_all.load(Ordering::SeqCst) {
         return (StatusCode::GONE, Json(json!({"error": "unregistered"}))).into_response();
@@ -131,6 +148,13 @@ async fn handle(
 }
 
 impl HttpSink {
+    /// A merchant's webhook endpoint: accepts any request with 200 (until told to fail).
+    pub async fn start_webhook_receiver() -> HttpSink {
+        let sink = HttpSink::start().await;
+        sink.sink.webhook_mode.store(true, Ordering::SeqCst);
+        sink
+    }
+
     pub async fn start() -> HttpSink {
         let sink = Arc::new(Sink::default());
         let app = axum::Router::new()

@@ -42,9 +42,28 @@ async fn delivered(app: &TestApp) -> bool {
 #[tokio::test]
 async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
     // Every order goes to fraud review (fraud.flagged with an order).
-    let app = spawn_app_with(|s| s.fraud_review_amount = 1).await;
+    // A webhook endpoint that never answers is disabled after a second of failures.
+    let app = spawn_app_with(|s| {
+        s.fraud_review_amount = 1;
+        s.webhooks_allow_private_targets = true;
+        s.webhooks_retry_base_ms = 10;
+        s.webhooks_disable_after_secs = 1;
+        s.jwt_ttl_secs = 86_400;
+    })
+    .await;
     let (admin, sku, de, _) = stocked(&app, "evt").await;
     admin.set_stock(&sku, &de, 12).await;
+    let hook = admin
+        .post(
+            "/admin/webhooks",
+            json!({"url": "http://127.0.0.1:9/closed", "events": ["webhook.test"]}),
+        )
+        .await;
+    assert_eq!(hook.status, 201, "{}", hook.body);
+    let r = admin
+        .post(&format!("/admin/webhooks/{}/test", hook.id()), json!({}))
+        .await;
+    assert_eq!(r.status, 202, "{}", r.body);
     post_ok(
         &admin,
         &format!("/inventory/{sku}/adjustments"),

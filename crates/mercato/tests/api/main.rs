@@ -6,6 +6,7 @@ mod catalog;
 mod checkout;
 mod cli;
 mod commerce_notifications;
+mod cors;
 mod crash;
 mod docs;
 mod events;
@@ -23,6 +24,7 @@ mod openapi;
 mod orders;
 mod outbox;
 mod search;
+mod webhooks;
 
 pub fn unique_email(tag: &str) -> String {
     format!("{tag}-{}@example.com", mercato_kernel::id::random_hex(6))
