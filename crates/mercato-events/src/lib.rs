@@ -128,6 +128,9 @@ registry! {
     OrderReturned => orders::OrderReturned,
     OrderRefunded => orders::OrderRefunded,
     ReturnRequested => orders::ReturnRequested,
+    LinkCreated => links::LinkCreated,
+    LinkUpdated => links::LinkUpdated,
+    LinkDeleted => links::LinkDeleted,
 }
 
 #[cfg(test)]

@@ -142,6 +142,20 @@ fn samples() -> Vec<(&'static str, Value)> {
                    "return_id": "ret_1", "items": [{"sku": "TEE", "quantity": 1}],
                    "reason": "too small"}),
         ),
+        (
+            "link.created",
+            json!({"link_id": "lnk_1", "code": "aB3dE5f", "owner_id": "usr_1",
+                   "url": "https://example.com/"}),
+        ),
+        (
+            "link.updated",
+            json!({"link_id": "lnk_1", "code": "aB3dE5f", "owner_id": "usr_1",
+                   "url": "https://example.com/new"}),
+        ),
+        (
+            "link.deleted",
+            json!({"link_id": "lnk_1", "code": "aB3dE5f", "owner_id": "usr_1"}),
+        ),
     ]
 }
 

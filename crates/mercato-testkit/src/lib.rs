@@ -56,6 +56,8 @@ pub struct TestApp {
     pub bus: Arc<EmbeddedBus>,
     /// The notification platform (drive its lanes by hand with `lane_step`).
     pub notify: mercato_notify::Notifier,
+    /// The URL shortener (cache counters, click queue, stores).
+    pub links: mercato_links::Links,
     pub clock: Arc<TestClock>,
     pub settings: Settings,
     /// The in-process payment gateway simulator (inspect charges and refunds, inject faults).
@@ -150,6 +152,7 @@ async fn start(
         .clone()
         .ok_or_else(|| anyhow::anyhow!("tests run with the in-process gateway simulator"))?;
     let notify = app.notify();
+    let links = app.links();
     let stopper = app.stopper();
     let server = tokio::spawn(app.run_until(std::future::pending()));
     let address = format!("http://{addr}");
@@ -159,6 +162,7 @@ async fn start(
         state,
         bus,
         notify,
+        links,
         clock,
         settings,
         gateway,

@@ -51,12 +51,15 @@ impl Modify for BearerAuth {
 /// Every `/api/v1` route with the OpenAPI document describing them.
 pub fn api(
     notify: mercato_notify::NotifyState,
+    links: mercato_links::Links,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::<AppState>::new()
         .merge(mercato_commerce::router())
         .merge(mercato_kernel::outbox::admin::router::<AppState>())
         // The notification platform has its own state.
-        .merge(mercato_notify::router().with_state(notify));
+        .merge(mercato_notify::router().with_state(notify))
+        // So do short links.
+        .merge(mercato_links::router().with_state(links));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();
@@ -66,9 +69,13 @@ pub fn api(
 }
 
 /// The whole HTTP surface with its middleware.
-pub fn build_router(state: AppState, notify: mercato_notify::NotifyState) -> Router {
+pub fn build_router(
+    state: AppState,
+    notify: mercato_notify::NotifyState,
+    links: mercato_links::Links,
+) -> Router {
     let settings = state.kernel.settings.clone();
-    let (api, openapi) = api(notify);
+    let (api, openapi) = api(notify, links.clone());
     let openapi = Arc::new(openapi.to_json().unwrap_or_else(|_| "{}".into()));
 
     let idempotency = Arc::new(IdempotencyStore {
@@ -125,8 +132,12 @@ pub fn build_router(state: AppState, notify: mercato_notify::NotifyState) -> Rou
         )
         .with_state(state);
 
+    // The redirect (`GET|HEAD /{code}`) sits at the root beside the operational routes, outside
+    // the API's auth, rate-limit and idempotency layers: it has no principal and no body.
+    let redirect = mercato_links::redirect_router().with_state(links);
     let router = ops
         .merge(api)
+        .merge(redirect)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
     apply_middleware(

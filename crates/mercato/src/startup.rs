@@ -34,6 +34,7 @@ pub struct Application {
     state: AppState,
     bus: Arc<EmbeddedBus>,
     notify: mercato_notify::Notifier,
+    links: mercato_links::Links,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
@@ -147,12 +148,18 @@ impl Application {
         }
         let (trigger, shutdown) = shutdown::channel();
         let notify = crate::notify::build(&state, &bus, shutdown.clone())?;
+        let links = mercato_links::build(
+            state.kernel.db.clone(),
+            state.kernel.clock.clone(),
+            &state.kernel.settings,
+        );
         Ok(Application {
             listener,
             local_addr,
             state,
             bus,
             notify,
+            links,
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
@@ -182,6 +189,11 @@ impl Application {
     /// The notification platform.
     pub fn notify(&self) -> mercato_notify::Notifier {
         self.notify.clone()
+    }
+
+    /// The URL shortener.
+    pub fn links(&self) -> mercato_links::Links {
+        self.links.clone()
     }
 
     /// A handle that stops the application (same as SIGTERM).
@@ -287,11 +299,16 @@ impl Application {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let workers = if self.runs_workers {
+        let mut workers = if self.runs_workers {
             self.spawn_workers()
         } else {
             Vec::new()
         };
+        // Every node serving redirects runs its own click batcher and change poller (its
+        // queue and cache are in process).
+        if self.listener.is_some() {
+            workers.extend(self.links.spawn_workers(self.shutdown.clone()));
+        }
         // The search index closes last, on its own signal, after every consumer that feeds it
         // has stopped (else a late delivery would find it closed).
         let (search_trigger, search_stop) = shutdown::channel();
@@ -308,7 +325,11 @@ impl Application {
         let trigger = self.trigger;
         let server = match self.listener {
             Some(listener) => {
-                let router = crate::routes::build_router(self.state.clone(), self.notify.clone());
+                let router = crate::routes::build_router(
+                    self.state.clone(),
+                    self.notify.clone(),
+                    self.links.clone(),
+                );
                 let mut stop_server = stop.clone();
                 Some(tokio::spawn(async move {
                     axum::serve(
