@@ -17,6 +17,7 @@ mod health;
 mod idempotency;
 mod identity;
 mod inventory;
+mod links;
 mod notifications;
 mod openapi;
 mod orders;
