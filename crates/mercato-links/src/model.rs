@@ -334,7 +334,8 @@ mod tests {
 
     #[test]
     fn utm_merge_keeps_existing_parameters() {
-        let u = url::Url::parse("https://shop.example/p?color=red&utm_source=old#top").unwrap();
+        let u = url::Url::parse("https://shop.example/p?color=red&utm_source=old#top")
+            .expect("a valid URL");
         let utm = Utm {
             source: Some("news".into()),
             campaign: Some("spring".into()),
