@@ -131,6 +131,9 @@ registry! {
     OrderRefunded => orders::OrderRefunded,
     ReturnRequested => orders::ReturnRequested,
     WebhookEndpointDisabled => webhooks::EndpointDisabled,
+    LinkCreated => links::LinkCreated,
+    LinkUpdated => links::LinkUpdated,
+    LinkDeleted => links::LinkDeleted,
 }
 
 #[cfg(test)]

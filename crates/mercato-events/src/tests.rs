@@ -156,6 +156,20 @@ fn samples() -> Vec<(&'static str, Value)> {
             json!({"endpoint_id": "wh_1", "url": "https://shop.example/hooks",
                    "reason": "failing", "failing_since": "2026-01-01T00:00:00Z"}),
         ),
+        (
+            "link.created",
+            json!({"link_id": "lnk_1", "code": "aB3dE5f", "owner_id": "usr_1",
+                   "url": "https://example.com/"}),
+        ),
+        (
+            "link.updated",
+            json!({"link_id": "lnk_1", "code": "aB3dE5f", "owner_id": "usr_1",
+                   "url": "https://example.com/new"}),
+        ),
+        (
+            "link.deleted",
+            json!({"link_id": "lnk_1", "code": "aB3dE5f", "owner_id": "usr_1"}),
+        ),
     ]
 }
 

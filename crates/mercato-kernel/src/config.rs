@@ -230,6 +230,24 @@ settings! {
     cors_store_origins: Option<String> = None;
     /// Origins allowed to call `/admin/*` routes from a browser (comma-separated; unset = no CORS headers).
     cors_admin_origins: Option<String> = None;
+    /// Public base URL of short links (`https://sho.rt`); unset = the request's own host. Links to this host are refused as loops.
+    links_base_url: Option<String> = None;
+    /// Links: how long an unknown code is remembered as unknown (negative cache), seconds.
+    links_negative_ttl_secs: u64 = 300;
+    /// Links: longest time a known link stays cached without a change being seen, seconds.
+    links_cache_ttl_secs: u64 = 300;
+    /// Links: most links (and unknown codes) held in the redirect cache.
+    links_cache_capacity: u64 = 1000000;
+    /// Links: how often each node polls for link changes made by other nodes, milliseconds.
+    links_poll_ms: u64 = 200;
+    /// Links: clicks queued for the batcher; beyond this, clicks are dropped and counted.
+    links_click_queue: u64 = 100000;
+    /// Links: how often the click batcher flushes, milliseconds (each flush writes ≤ 500 clicks per transaction).
+    links_flush_ms: u64 = 1000;
+    /// Links: days raw clicks are kept (rollups are kept for good).
+    links_click_retention_days: u64 = 90;
+    /// Links: trusted CDN header carrying the visitor's country (ISO 3166 alpha-2); empty = none.
+    links_country_header: String = "cf-ipcountry".into();
 }
 
 trait FromSetting: Sized {

@@ -68,7 +68,7 @@ error_codes! {
     NotDeadLetter => (409, "not_dead_letter", "Only dead-lettered deliveries can be redelivered");
     // --- catalog ---
     SkuTaken => (409, "sku_taken", "A variant with this SKU already exists");
-    SlugTaken => (409, "slug_taken", "A category with this slug already exists");
+    SlugTaken => (409, "slug_taken", "This slug is already taken");
     ReviewExists => (409, "review_exists", "You have already reviewed this product");
     NotPurchased => (403, "purchase_required", "Only customers who received the product can review it");
     // --- carts ---
@@ -96,6 +96,9 @@ error_codes! {
     UnknownNotificationType => (422, "unknown_notification_type", "The notification type is not registered");
     TemplateInvalid => (422, "template_invalid", "The template does not compile or render");
     TemplateVersionConflict => (409, "template_version_conflict", "The template changed since the version you edited");
+    // --- links ---
+    InvalidUrl => (422, "invalid_url", "The URL cannot be shortened");
+    LinkGone => (410, "link_gone", "This link has expired");
     InvalidWebhook => (400, "invalid_webhook", "The webhook is from an unknown provider or its signature is invalid");
     // --- merchant webhooks ---
     InvalidWebhookUrl => (422, "invalid_webhook_url", "The webhook URL must be http(s) and resolve to public addresses");

@@ -58,6 +58,8 @@ pub struct TestApp {
     pub notify: mercato_notify::Notifier,
     /// Merchant webhooks.
     pub webhooks: mercato_webhooks::Webhooks,
+    /// The URL shortener (cache counters, click queue, stores).
+    pub links: mercato_links::Links,
     pub clock: Arc<TestClock>,
     pub settings: Settings,
     /// The in-process payment gateway simulator (inspect charges and refunds, inject faults).
@@ -153,6 +155,7 @@ async fn start(
         .ok_or_else(|| anyhow::anyhow!("tests run with the in-process gateway simulator"))?;
     let notify = app.notify();
     let webhooks = app.webhooks();
+    let links = app.links();
     let stopper = app.stopper();
     let server = tokio::spawn(app.run_until(std::future::pending()));
     let address = format!("http://{addr}");
@@ -163,6 +166,7 @@ async fn start(
         bus,
         notify,
         webhooks,
+        links,
         clock,
         settings,
         gateway,

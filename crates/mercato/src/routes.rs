@@ -53,13 +53,16 @@ impl Modify for BearerAuth {
 pub fn api(
     notify: mercato_notify::NotifyState,
     webhooks: mercato_webhooks::Webhooks,
+    links: mercato_links::Links,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::<AppState>::new()
         .merge(mercato_commerce::router())
         .merge(mercato_kernel::outbox::admin::router::<AppState>())
         // The notification platform has its own state.
         .merge(mercato_notify::router().with_state(notify))
-        .merge(mercato_webhooks::router().with_state(webhooks));
+        .merge(mercato_webhooks::router().with_state(webhooks))
+        // So do short links.
+        .merge(mercato_links::router().with_state(links));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();
@@ -73,9 +76,10 @@ pub fn build_router(
     state: AppState,
     notify: mercato_notify::NotifyState,
     webhooks: mercato_webhooks::Webhooks,
+    links: mercato_links::Links,
 ) -> Router {
     let settings = state.kernel.settings.clone();
-    let (api, openapi) = api(notify, webhooks);
+    let (api, openapi) = api(notify, webhooks, links.clone());
     let openapi = Arc::new(openapi.to_json().unwrap_or_else(|_| "{}".into()));
 
     let idempotency = Arc::new(IdempotencyStore {
@@ -132,8 +136,12 @@ pub fn build_router(
         )
         .with_state(state);
 
+    // The redirect (`GET|HEAD /{code}`) sits at the root beside the operational routes, outside
+    // the API's auth, rate-limit and idempotency layers: it has no principal and no body.
+    let redirect = mercato_links::redirect_router().with_state(links);
     let router = ops
         .merge(api)
+        .merge(redirect)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
     let router = apply_middleware(

@@ -35,6 +35,7 @@ pub struct Application {
     bus: Arc<EmbeddedBus>,
     notify: mercato_notify::Notifier,
     webhooks: mercato_webhooks::Webhooks,
+    links: mercato_links::Links,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
@@ -154,6 +155,11 @@ impl Application {
             &state.kernel.settings,
         )?;
         bus.subscribe(mercato_webhooks::consumer(&webhooks));
+        let links = mercato_links::build(
+            state.kernel.db.clone(),
+            state.kernel.clock.clone(),
+            &state.kernel.settings,
+        );
         Ok(Application {
             listener,
             local_addr,
@@ -161,6 +167,7 @@ impl Application {
             bus,
             notify,
             webhooks,
+            links,
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
@@ -195,6 +202,11 @@ impl Application {
     /// Merchant webhooks.
     pub fn webhooks(&self) -> mercato_webhooks::Webhooks {
         self.webhooks.clone()
+    }
+
+    /// The URL shortener.
+    pub fn links(&self) -> mercato_links::Links {
+        self.links.clone()
     }
 
     /// A handle that stops the application (same as SIGTERM).
@@ -303,11 +315,16 @@ impl Application {
         self,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let workers = if self.runs_workers {
+        let mut workers = if self.runs_workers {
             self.spawn_workers()
         } else {
             Vec::new()
         };
+        // Every node serving redirects runs its own click batcher and change poller (its
+        // queue and cache are in process).
+        if self.listener.is_some() {
+            workers.extend(self.links.spawn_workers(self.shutdown.clone()));
+        }
         // The search index closes last, on its own signal, after every consumer that feeds it
         // has stopped (else a late delivery would find it closed).
         let (search_trigger, search_stop) = shutdown::channel();
@@ -328,6 +345,7 @@ impl Application {
                     self.state.clone(),
                     self.notify.clone(),
                     self.webhooks.clone(),
+                    self.links.clone(),
                 );
                 let mut stop_server = stop.clone();
                 Some(tokio::spawn(async move {

@@ -178,6 +178,17 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
         .unwrap_or_else(|e| panic!("{e}"));
     // Tokens issued before the clock jumped may have expired.
     let admin = app.admin().await;
+    // Links: create, update, delete.
+    let link = c4
+        .post("/links", serde_json::json!({"url": "https://example.com/"}))
+        .await;
+    let link_id = link.id();
+    c4.patch(
+        &format!("/links/{link_id}"),
+        serde_json::json!({"url": "https://example.com/b"}),
+    )
+    .await;
+    c4.delete(&format!("/links/{link_id}")).await;
 
     // An email verification: requested (mailed), then used (user.email_verified).
     let c5 = app.customer().await;

@@ -19,6 +19,7 @@ mod health;
 mod idempotency;
 mod identity;
 mod inventory;
+mod links;
 mod notifications;
 mod openapi;
 mod orders;
