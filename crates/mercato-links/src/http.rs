@@ -38,14 +38,24 @@ fn host(headers: &HeaderMap) -> Option<&str> {
 #[serde(deny_unknown_fields)]
 pub struct CreateLink {
     /// Absolute http(s) URL, ≤ 2,048 characters, not on this server's short-link host.
+    #[schema(
+        min_length = 8,
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+    )]
     pub url: String,
     /// Custom code: 3–64 of `[A-Za-z0-9_-]`, not a reserved word; case-sensitive.
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,64}$")]
     pub slug: Option<String>,
     pub expires_at: Option<Timestamp>,
+    #[schema(minimum = 1)]
     pub max_clicks: Option<i64>,
+    /// At most 20 tags of 1–64 characters (trimmed; duplicates dropped).
+    #[schema(max_items = 20)]
     pub tags: Option<Vec<String>>,
     pub utm: Option<Utm>,
     /// `"302"` (default) or `"301"`.
+    #[schema(pattern = "^30[12]$")]
     pub redirect: Option<String>,
 }
 
@@ -127,6 +137,11 @@ fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PatchLink {
+    #[schema(
+        min_length = 8,
+        max_length = 2048,
+        pattern = "^[Hh][Tt][Tt][Pp][Ss]?://"
+    )]
     pub url: Option<String>,
     /// `null` removes the expiry.
     #[serde(default, deserialize_with = "nullable")]
@@ -134,13 +149,15 @@ pub struct PatchLink {
     pub expires_at: Option<Option<Timestamp>>,
     /// `null` removes the limit.
     #[serde(default, deserialize_with = "nullable")]
-    #[schema(value_type = Option<i64>)]
+    #[schema(value_type = Option<i64>, minimum = 1)]
     pub max_clicks: Option<Option<i64>>,
+    #[schema(max_items = 20)]
     pub tags: Option<Vec<String>>,
     /// `null` removes the UTM parameters.
     #[serde(default, deserialize_with = "nullable")]
     #[schema(value_type = Option<Object>)]
     pub utm: Option<Option<Utm>>,
+    #[schema(pattern = "^30[12]$")]
     pub redirect: Option<String>,
 }
 
@@ -193,6 +210,7 @@ pub struct StatsQuery {
     /// RFC 3339; default now.
     pub to: Option<Timestamp>,
     /// `minute`, `hour` or `day` (default).
+    #[param(pattern = "^(minute|hour|day)$")]
     pub interval: Option<String>,
     /// Count bots too (default false).
     pub include_bots: Option<bool>,
@@ -200,7 +218,7 @@ pub struct StatsQuery {
 
 /// Click stats of a link from its rollups (owner or admin).
 #[utoipa::path(get, path = "/links/{id}/stats", tag = "links", params(("id" = String, Path), StatsQuery),
-    responses((status = 200, body = Stats), (status = 404, body = Problem)), security(("bearer" = [])))]
+    responses((status = 200, body = Stats), (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
 async fn link_stats(
     State(l): State<Links>,
     who: Principal,

@@ -90,10 +90,15 @@ pub fn could_be_code(s: &str) -> bool {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Utm {
+    #[schema(max_length = 200)]
     pub source: Option<String>,
+    #[schema(max_length = 200)]
     pub medium: Option<String>,
+    #[schema(max_length = 200)]
     pub campaign: Option<String>,
+    #[schema(max_length = 200)]
     pub term: Option<String>,
+    #[schema(max_length = 200)]
     pub content: Option<String>,
 }
 
@@ -137,7 +142,7 @@ impl UrlError {
 /// Validates a destination: absolute http(s) with a host, ≤ 2,048 chars, and not on one of
 /// `own_hosts` (host or host:port of our short-link host: a link to a link here is a loop).
 pub fn check_url(raw: &str, own_hosts: &[String]) -> Result<url::Url, UrlError> {
-    if raw.len() > MAX_URL_LEN {
+    if raw.chars().count() > MAX_URL_LEN {
         return Err(UrlError::TooLong);
     }
     let u = url::Url::parse(raw).map_err(|_| UrlError::NotAbsoluteHttp)?;

@@ -207,7 +207,7 @@ fn check_tags(tags: &[String]) -> Result<Vec<String>, ApiError> {
     let mut out: Vec<String> = Vec::new();
     for (i, t) in tags.iter().enumerate() {
         let t = t.trim();
-        if t.is_empty() || t.len() > 64 {
+        if t.is_empty() || t.chars().count() > 64 {
             return Err(ApiError::invalid(
                 format!("tags[{i}]"),
                 "a tag is 1 to 64 characters",
@@ -231,7 +231,7 @@ fn check_utm(utm: &Utm) -> Result<(), ApiError> {
     .into_iter()
     .flatten()
     {
-        if v.len() > 200 {
+        if v.chars().count() > 200 {
             return Err(ApiError::invalid(
                 "utm",
                 "a UTM value is at most 200 characters",
@@ -393,6 +393,10 @@ impl Links {
 
     /// A link its caller may see (owner or admin); anything else is 404.
     pub async fn get(&self, who: &Principal, id: &str) -> Result<LinkRow, ApiError> {
+        // Malformed ids (NUL bytes, SQL, 300 characters) are a 404 without a query.
+        if !mercato_kernel::id::is_valid("lnk", id) {
+            return Err(ApiError::not_found());
+        }
         let row = self
             .0
             .store
@@ -571,14 +575,16 @@ impl Links {
         };
         let from_us = from.map(|t| t.as_micros()).unwrap_or(to_us - default_span);
         if from_us >= to_us {
-            return Err(ApiError::new(Code::InvalidQuery).detail("from must be before to"));
+            return Err(ApiError::invalid("from", "from must be before to"));
         }
         // Whole buckets: from rounds down, to rounds up.
         let from_b = clicks::bucket_start(from_us, size);
         let to_b = clicks::bucket_start(to_us - 1, size) + size;
         if (to_b - from_b) / size > 10_000 {
-            return Err(ApiError::new(Code::InvalidQuery)
-                .detail("at most 10,000 intervals; use a larger interval"));
+            return Err(ApiError::invalid(
+                "interval",
+                "at most 10,000 intervals; use a larger interval",
+            ));
         }
         let store = &self.0.store;
         let series_rows = store
