@@ -86,6 +86,14 @@ pub fn could_be_code(s: &str) -> bool {
     (3..=64).contains(&s.len()) && s.bytes().all(is_code_byte)
 }
 
+/// Whether a request path is a short-link code at the root (`/{code}`, not a reserved word):
+/// the main listener hands such requests to the redirect's thin stack.
+pub fn is_code_path(path: &str) -> bool {
+    path.strip_prefix('/').is_some_and(|seg| {
+        could_be_code(seg) && !RESERVED.iter().any(|r| r.eq_ignore_ascii_case(seg))
+    })
+}
+
 /// UTM parameters merged into the destination's query.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]

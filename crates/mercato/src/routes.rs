@@ -138,21 +138,34 @@ pub fn build_router(
 
     // The redirect (`GET|HEAD /{code}`) sits at the root beside the operational routes, outside
     // the API's auth, rate-limit and idempotency layers: it has no principal and no body.
-    // With a dedicated short-link host or listener, the main host's root answers no codes.
-    let mut router = ops.merge(api);
-    if links.served_on_main_root() {
-        router = router.merge(mercato_links::redirect_router().with_state(links.clone()));
-    }
-    let mut router = router
+    let router = ops
+        .merge(api)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    // `links_host`: requests for that host name are short-link redirects, and nothing else.
-    if let Some(short_host) = links.links_host().map(str::to_owned) {
-        let short = short_link_router(links);
-        router = router.layer(middleware::from_fn(
+    let router = apply_middleware(
+        router,
+        MiddlewareConfig {
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            body_limit_bytes: settings.body_limit_bytes,
+            max_in_flight: settings.max_in_flight_requests,
+            trust_forwarded_for: settings.trust_forwarded_for,
+        },
+    );
+    // The redirect bypasses the API's stack (auth, rate limits, idempotency, spans, label-
+    // allocating metrics, timeout) for its own thin one: `/{code}` at the root of the main host
+    // (unless a dedicated short-link host or listener is configured), or anything for
+    // `links_host`.
+    let short_host = links.links_host().map(str::to_owned);
+    let on_root = links.served_on_main_root();
+    let router = if short_host.is_some() || on_root {
+        let short = build_links_router(&settings, links);
+        router.layer(middleware::from_fn(
             move |req: axum::extract::Request, next: middleware::Next| {
                 let short = short.clone();
-                let is_short = request_host(&req).is_some_and(|h| h == short_host);
+                let is_short = match &short_host {
+                    Some(h) => request_host(&req).is_some_and(|r| &r == h),
+                    None => on_root && mercato_links::model::is_code_path(req.uri().path()),
+                };
                 async move {
                     if is_short {
                         use tower::ServiceExt as _;
@@ -165,17 +178,10 @@ pub fn build_router(
                     }
                 }
             },
-        ));
-    }
-    let router = apply_middleware(
-        router,
-        MiddlewareConfig {
-            request_timeout: Duration::from_millis(settings.request_timeout_ms),
-            body_limit_bytes: settings.body_limit_bytes,
-            max_in_flight: settings.max_in_flight_requests,
-            trust_forwarded_for: settings.trust_forwarded_for,
-        },
-    );
+        ))
+    } else {
+        router
+    };
     // Outermost: every answer (errors, rate limits, load shedding) carries CORS headers for a
     // listed origin, and preflights are answered before anything else runs. Settings were
     // validated at load, so the lists parse.
@@ -216,14 +222,15 @@ pub fn short_link_router(links: mercato_links::Links) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
-/// The dedicated short-link listener (`links_addr`): the redirect behind the same request
-/// id, metrics, timeout and panic guard as the main listener, and nothing else.
+/// The short-link routes behind their thin stack (request id, client IP, load shedding, a
+/// counter per status, panic guard): for the main host's root, `links_host` and `links_addr`.
 pub fn build_links_router(
     settings: &mercato_kernel::config::Settings,
     links: mercato_links::Links,
 ) -> Router {
-    apply_middleware(
+    mercato_kernel::http::apply_thin_middleware(
         short_link_router(links),
+        "/{code}",
         MiddlewareConfig {
             request_timeout: Duration::from_millis(settings.request_timeout_ms),
             body_limit_bytes: settings.body_limit_bytes,

@@ -81,17 +81,77 @@ pub fn apply_middleware<S: Clone + Send + Sync + 'static>(
         ))
 }
 
-fn valid_request_id(v: &HeaderValue) -> Option<String> {
-    let s = v.to_str().ok()?;
-    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.into())
+/// The thin stack of a hot read path that does no I/O of its own beyond a bounded cache fill
+/// (the short-link redirect): panic guard → one layer that sets the request id and client IP,
+/// sheds load past `max_in_flight`, and counts the answer per status with counters resolved
+/// once (no per-request label allocation, no span, no timer, no body: it reads none).
+pub fn apply_thin_middleware<S: Clone + Send + Sync + 'static>(
+    router: Router<S>,
+    route: &'static str,
+    cfg: MiddlewareConfig,
+) -> Router<S> {
+    let permits = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let trust_xff = cfg.trust_forwarded_for;
+    let by_status: Arc<[(u16, metrics::Counter)]> = [301u16, 302, 404, 410, 429, 500, 503]
+        .into_iter()
+        .map(|s| {
+            let status: &'static str = match s {
+                301 => "301",
+                302 => "302",
+                404 => "404",
+                410 => "410",
+                429 => "429",
+                500 => "500",
+                _ => "503",
+            };
+            (
+                s,
+                metrics::counter!("http_requests_total", "method" => "GET", "route" => route, "status" => status),
+            )
+        })
+        .collect();
+    let other = metrics::counter!("http_requests_total", "method" => "GET", "route" => route, "status" => "other");
+    router
+        .layer(middleware::from_fn(move |mut req: Request, next: Next| {
+            let permits = permits.clone();
+            let by_status = by_status.clone();
+            let other = other.clone();
+            async move {
+                let id = req
+                    .headers()
+                    .get(&X_REQUEST_ID)
+                    .and_then(valid_request_id)
+                    .unwrap_or_else(|| crate::id::new_id("req"));
+                let ip = client_ip(&req, trust_xff);
+                req.extensions_mut().insert(ClientIp(ip));
+                let mut resp = match permits.try_acquire_owned() {
+                    Ok(_permit) => REQUEST_ID.scope(id.clone(), next.run(req)).await,
+                    Err(_) => {
+                        metrics::counter!("http_requests_shed_total").increment(1);
+                        ApiError::new(Code::Overloaded)
+                            .retry_after(1)
+                            .into_response()
+                    }
+                };
+                let status = resp.status().as_u16();
+                match by_status.iter().find(|(s, _)| *s == status) {
+                    Some((_, c)) => c.increment(1),
+                    None => other.increment(1),
+                }
+                if let Ok(v) = HeaderValue::from_str(&id) {
+                    resp.headers_mut().insert(X_REQUEST_ID.clone(), v);
+                }
+                resp
+            }
+        }))
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(
+            |_: Box<dyn std::any::Any + Send + 'static>| {
+                ApiError::new(Code::Internal).into_response()
+            },
+        ))
 }
 
-async fn request_id(mut req: Request, next: Next, trust_xff: bool) -> Response {
-    let id = req
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(valid_request_id)
-        .unwrap_or_else(|| crate::id::new_id("req"));
+fn client_ip(req: &Request, trust_xff: bool) -> IpAddr {
     let peer = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
@@ -105,9 +165,23 @@ async fn request_id(mut req: Request, next: Next, trust_xff: bool) -> Response {
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
         })
         .flatten();
-    let ip = forwarded
+    forwarded
         .or(peer)
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST));
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST))
+}
+
+fn valid_request_id(v: &HeaderValue) -> Option<String> {
+    let s = v.to_str().ok()?;
+    (!s.is_empty() && s.len() <= 128 && s.bytes().all(|b| b.is_ascii_graphic())).then(|| s.into())
+}
+
+async fn request_id(mut req: Request, next: Next, trust_xff: bool) -> Response {
+    let id = req
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(valid_request_id)
+        .unwrap_or_else(|| crate::id::new_id("req"));
+    let ip = client_ip(&req, trust_xff);
     req.extensions_mut().insert(ClientIp(ip));
     let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).await;
     if let Ok(v) = HeaderValue::from_str(&id) {

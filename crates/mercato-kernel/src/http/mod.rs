@@ -10,6 +10,6 @@ pub use extract::{
     ApiJson, ApiQuery, Created, DeferredJson, OptionalJson, created, parse_id, parse_json,
 };
 pub use middleware::{
-    ClientIp, MiddlewareConfig, apply_middleware, current_request_id, method_not_allowed,
-    route_not_found,
+    ClientIp, MiddlewareConfig, apply_middleware, apply_thin_middleware, current_request_id,
+    method_not_allowed, route_not_found,
 };
