@@ -90,6 +90,56 @@ impl Tx {
         self.appended.push(AppendedRow { prefix, cells });
     }
 
+    /// Runs `prefix VALUES (…), (…) suffix` for `rows` (one value per column each), up to 200
+    /// rows per statement: a batch upsert (`suffix` = `ON CONFLICT … DO UPDATE …`) or an
+    /// `UPDATE … FROM (VALUES …)` costs a statement per 200 rows instead of one per row. Rows of
+    /// one call must not repeat a conflict key (PostgreSQL refuses to update a row twice in one
+    /// statement); callers sort them so concurrent writers lock in the same order.
+    pub async fn execute_rows(
+        &mut self,
+        prefix: &str,
+        suffix: &str,
+        rows: &[Vec<Cell>],
+    ) -> Result<(), sqlx::Error> {
+        for chunk in rows.chunks(APPEND_CHUNK) {
+            let width = chunk.first().map_or(0, Vec::len);
+            let mut sql =
+                String::with_capacity(prefix.len() + suffix.len() + chunk.len() * width * 5);
+            sql.push_str(prefix);
+            sql.push_str(" VALUES ");
+            let mut n = 0;
+            for (k, row) in chunk.iter().enumerate() {
+                if k > 0 {
+                    sql.push(',');
+                }
+                sql.push('(');
+                for c in 0..row.len() {
+                    if c > 0 {
+                        sql.push(',');
+                    }
+                    n += 1;
+                    sql.push('$');
+                    sql.push_str(&n.to_string());
+                }
+                sql.push(')');
+            }
+            sql.push(' ');
+            sql.push_str(suffix);
+            let mut q = sqlx::query(&sql);
+            for row in chunk {
+                for cell in row {
+                    q = match cell {
+                        Cell::Int(v) => q.bind(*v),
+                        Cell::Text(v) => q.bind(v.clone()),
+                        Cell::OptText(v) => q.bind(v.clone()),
+                    };
+                }
+            }
+            q.execute(&mut **self).await?;
+        }
+        Ok(())
+    }
+
     /// Writes the queued rows ([`Tx::append_row`]).
     async fn flush_appended(&mut self) -> Result<(), sqlx::Error> {
         let rows = std::mem::take(&mut self.appended);
