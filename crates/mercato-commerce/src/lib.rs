@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod orders;
 pub mod payments;
 pub mod pricing;
+pub mod promotions;
 pub mod seams;
 pub mod search;
 
