@@ -34,6 +34,7 @@ pub struct AppState {
     pub orders: orders::OrderService,
     pub checkout: checkout::CheckoutService,
     pub search: search::SearchService,
+    pub promotions: promotions::PromotionService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -80,6 +81,7 @@ impl AppState {
             },
         )?;
         let search = search::SearchService::new(kernel.clone(), catalog.clone());
+        let promotions = promotions::PromotionService::new(kernel.clone(), catalog.clone());
         kernel
             .bus
             .subscribe(Arc::new(orders::OrderFlagger(orders.clone())));
@@ -99,6 +101,7 @@ impl AppState {
             orders,
             checkout,
             search,
+            promotions,
         })
     }
 }
@@ -114,4 +117,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(orders::http::router())
         .merge(checkout::http::router())
         .merge(search::http::router())
+        .merge(promotions::http::router())
 }

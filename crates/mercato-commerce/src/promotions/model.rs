@@ -1255,8 +1255,7 @@ pub struct Promotion {
     pub automatic: bool,
     pub kind: PromotionKind,
     /// Basis points (`percent_off`), Money (`amount_off`), `null` otherwise.
-    #[schema(value_type = Option<Object>)]
-    pub value: Option<serde_json::Value>,
+    pub value: Option<PromotionValue>,
     pub buy: Option<BuyView>,
     pub get: Option<GetRule>,
     /// `null` = the whole cart.
@@ -1308,8 +1307,11 @@ impl PromotionRecord {
             automatic: f.automatic,
             kind: f.kind,
             value: match f.kind {
-                PromotionKind::PercentOff => Some(serde_json::Value::from(f.value)),
-                PromotionKind::AmountOff => serde_json::to_value(money(f.value)).ok(),
+                PromotionKind::PercentOff => Some(PromotionValue::Bps(f.value)),
+                PromotionKind::AmountOff => Some(PromotionValue::Money(MoneyInput {
+                    amount: f.value,
+                    currency: f.currency,
+                })),
                 _ => None,
             },
             buy: f.buy.as_ref().map(|(q, s)| BuyView {
