@@ -1,11 +1,12 @@
-//! Promotions and coupons (API.md "Promotions and coupons"): admin CRUD, validation, and the
-//! usage counters' reserve/commit/release under races (driven directly: checkout does not
-//! redeem yet).
+//! Promotions and coupons (API.md "Promotions and coupons"): admin CRUD, validation, the cart
+//! preview with exact amounts for each kind and scope, stacking, and the usage counters'
+//! reserve/commit/release under races (driven directly: checkout does not redeem yet).
 
 use mercato_commerce::promotions::{Exhausted, PromotionService};
 use mercato_kernel::clock::Clock;
-use mercato_testkit::{Client, TestApp, sample_product, spawn_app};
+use mercato_testkit::{Client, TestApp, TestResponse, sample_product, spawn_app};
 use serde_json::{Value, json};
+use std::time::Duration;
 
 /// Categories electronics > laptops and home; a laptop (LAP-A 20.00, LAP-B 50.00) and a mug
 /// (MUG-A 10.00).
@@ -59,8 +60,32 @@ async fn promo(admin: &Client, body: Value) -> Value {
     r.body
 }
 
+async fn cart_with(app: &TestApp, lines: &[(&str, i64)]) -> String {
+    let id = app.api.create_cart().await.id();
+    for (sku, q) in lines {
+        let r = app.api.add_to_cart(&id, sku, *q).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    id
+}
+
+async fn preview(app: &TestApp, cart: &str, code: &str) -> TestResponse {
+    app.api
+        .get(&format!("/carts/{cart}?coupon_code={code}"))
+        .await
+}
+
 fn amount(v: &Value) -> i64 {
     v["amount"].as_i64().unwrap_or(i64::MIN)
+}
+
+fn lines_of(d: &Value) -> Vec<String> {
+    d["lines"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|l| l.as_str().map(str::to_owned))
+        .collect()
 }
 
 fn coupon(code: &str, kind: &str, value: Value) -> Value {
@@ -267,6 +292,249 @@ async fn bad_input_is_a_422_naming_the_field() {
             "category_ids": [s.home, s.laptops]}})),
     )
     .await;
+}
+
+#[tokio::test]
+async fn the_preview_gives_exact_amounts_for_each_kind_and_scope() {
+    let app = spawn_app().await;
+    let s = shop(&app).await;
+    let a = &s.admin;
+    promo(a, coupon("PCT10", "percent_off", json!(1000))).await;
+    let mut by_category = coupon(
+        "ELEC5",
+        "amount_off",
+        json!({"amount": 500, "currency": "USD"}),
+    );
+    by_category["applies_to"] = json!({"category_ids": [s.electronics]});
+    promo(a, by_category).await;
+    let mut by_product = coupon("MUG25", "percent_off", json!(2500));
+    by_product["applies_to"] = json!({"product_ids": [s.mug]});
+    promo(a, by_product).await;
+    let mut by_sku = coupon("MUGFREE", "percent_off", json!(10000));
+    by_sku["applies_to"] = json!({"skus": ["MUG-A"]});
+    promo(a, by_sku).await;
+    let mut by_leaf = coupon("LAPTOPS", "percent_off", json!(3333));
+    by_leaf["applies_to"] = json!({"category_ids": [s.laptops]});
+    promo(a, by_leaf).await;
+    promo(
+        a,
+        json!({"name": "B2G1", "code": "B2G1", "kind": "buy_x_get_y",
+               "buy": {"quantity": 2, "product_ids": [s.laptop]}, "get": {"quantity": 1},
+               "status": "active"}),
+    )
+    .await;
+    promo(
+        a,
+        json!({"name": "Ship free", "code": "SHIPFREE", "kind": "free_shipping", "status": "active"}),
+    )
+    .await;
+
+    // 2 × 20.00 + 1 × 10.00 = 50.00
+    let cart = cart_with(&app, &[("LAP-A", 2), ("MUG-A", 1)]).await;
+    let plain = app.api.cart(&cart).await;
+    assert_eq!(plain.status, 200, "{}", plain.body);
+    assert_eq!(amount(&plain.body["discount"]), 0);
+    assert_eq!(plain.body["discounts"], json!([]));
+
+    let cases: [(&str, i64, &[&str]); 5] = [
+        ("PCT10", 500, &["LAP-A", "MUG-A"]),
+        // The category of the laptop's parent covers it; the mug is elsewhere.
+        ("elec5", 500, &["LAP-A"]),
+        ("MUG25", 250, &["MUG-A"]),
+        ("MUGFREE", 1000, &["MUG-A"]),
+        // 33.33 % of 40.00 = 13.332 → 13.33
+        ("LAPTOPS", 1333, &["LAP-A"]),
+    ];
+    for (code, want, lines) in cases {
+        let r = preview(&app, &cart, code).await;
+        assert_eq!(r.status, 200, "{code}: {}", r.body);
+        assert_eq!(amount(&r.body["discount"]), want, "{code}: {}", r.body);
+        let d = &r.body["discounts"][0];
+        assert_eq!(lines_of(d), *lines, "{code}");
+        assert_eq!(
+            d["code"].as_str().map(str::to_lowercase),
+            Some(code.to_lowercase())
+        );
+        assert!(
+            d["promotion_id"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("prm_"))
+        );
+        assert_eq!(
+            amount(&r.body["subtotal"]),
+            5000,
+            "the subtotal is before discounts"
+        );
+    }
+    // Two laptops are not enough for buy 2 get 1; three are, and the third is free.
+    let r = preview(&app, &cart, "B2G1").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.code(), "coupon_not_applicable");
+    assert!(r.body["detail"].as_str().is_some_and(|d| !d.is_empty()));
+    app.api.add_to_cart(&cart, "LAP-A", 1).await;
+    let r = preview(&app, &cart, "B2G1").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(amount(&r.body["discount"]), 2000);
+    // Free shipping: no goods discount; the amount is known at checkout.
+    let r = preview(&app, &cart, "SHIPFREE").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(amount(&r.body["discount"]), 0);
+    assert_eq!(r.body["free_shipping"], true);
+    assert_eq!(r.body["discounts"][0]["kind"], "free_shipping");
+    // Unknown codes.
+    for code in ["NOPE", "bad%20code"] {
+        let r = preview(&app, &cart, code).await;
+        assert_eq!(r.status, 422, "{}", r.body);
+        assert_eq!(r.code(), "coupon_invalid");
+        assert!(r.body["detail"].is_string());
+    }
+}
+
+#[tokio::test]
+async fn stackable_promotions_combine_and_an_exclusive_one_wins_alone_when_better() {
+    let app = spawn_app().await;
+    let s = shop(&app).await;
+    let a = &s.admin;
+    promo(
+        a,
+        json!({"name": "Auto 10", "automatic": true, "kind": "percent_off", "value": 1000,
+               "stackable": true, "status": "active"}),
+    )
+    .await;
+    let mut stack = coupon(
+        "STACK5",
+        "amount_off",
+        json!({"amount": 500, "currency": "USD"}),
+    );
+    stack["stackable"] = json!(true);
+    promo(a, stack).await;
+    promo(a, coupon("ALONE20", "percent_off", json!(2000))).await;
+    promo(a, coupon("ALONE5", "percent_off", json!(500))).await;
+    let cart = cart_with(&app, &[("LAP-A", 2), ("MUG-A", 1)]).await;
+    // The automatic promotion shows without a coupon.
+    let r = app.api.cart(&cart).await;
+    assert_eq!(amount(&r.body["discount"]), 500, "{}", r.body);
+    assert_eq!(r.body["discounts"][0]["code"], Value::Null);
+    // 10 % of 50.00, then 5.00 off what is left.
+    let r = preview(&app, &cart, "STACK5").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(amount(&r.body["discount"]), 1000);
+    assert_eq!(r.body["discounts"].as_array().map(Vec::len), Some(2));
+    // Exclusive and worth more: alone.
+    let r = preview(&app, &cart, "ALONE20").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(amount(&r.body["discount"]), 1000);
+    assert_eq!(r.body["discounts"].as_array().map(Vec::len), Some(1));
+    assert_eq!(r.body["discounts"][0]["code"], "ALONE20");
+    // Exclusive and worth less than what already applies.
+    let r = preview(&app, &cart, "alone5").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.code(), "coupon_not_applicable");
+}
+
+#[tokio::test]
+async fn a_coupon_needs_its_minimum_subtotal_and_its_window() {
+    let app = spawn_app().await;
+    let s = shop(&app).await;
+    let mut min = coupon("BIG", "percent_off", json!(1000));
+    min["min_subtotal"] = json!({"amount": 6000, "currency": "USD"});
+    min["stackable"] = json!(true);
+    promo(&s.admin, min).await;
+    let now = app.clock.now();
+    let mut later = coupon("LATER", "percent_off", json!(1000));
+    later["starts_at"] = json!(now.plus_secs(3600).to_rfc3339());
+    promo(&s.admin, later).await;
+    let mut soon = coupon("SOON", "percent_off", json!(1000));
+    soon["ends_at"] = json!(now.plus_secs(3600).to_rfc3339());
+    promo(&s.admin, soon).await;
+    let mut auto = json!({"name": "Big spender", "automatic": true, "kind": "amount_off",
+                          "value": {"amount": 100, "currency": "USD"}, "stackable": true,
+                          "min_subtotal": {"amount": 6000, "currency": "USD"}, "status": "active"});
+    auto["priority"] = json!(1);
+    promo(&s.admin, auto).await;
+
+    let cart = cart_with(&app, &[("LAP-A", 2), ("MUG-A", 1)]).await;
+    let r = preview(&app, &cart, "BIG").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.code(), "coupon_not_applicable");
+    assert!(
+        r.body["detail"]
+            .as_str()
+            .is_some_and(|d| d.contains("6000")),
+        "{}",
+        r.body
+    );
+    assert_eq!(amount(&app.api.cart(&cart).await.body["discount"]), 0);
+    app.api.add_to_cart(&cart, "MUG-A", 1).await; // 60.00
+    let r = preview(&app, &cart, "BIG").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // 1.00 off automatically first, then 10 % of 59.00.
+    assert_eq!(amount(&r.body["discount"]), 100 + 590);
+
+    let r = preview(&app, &cart, "LATER").await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.code(), "coupon_expired");
+    assert_eq!(preview(&app, &cart, "SOON").await.status, 200);
+    app.clock.advance(Duration::from_secs(2 * 3600));
+    assert_eq!(preview(&app, &cart, "LATER").await.status, 200);
+    let r = preview(&app, &cart, "SOON").await;
+    assert_eq!(r.status, 422);
+    assert_eq!(r.code(), "coupon_expired");
+}
+
+#[tokio::test]
+async fn a_disabled_coupon_is_invalid_and_the_preview_reserves_nothing() {
+    let app = spawn_app().await;
+    let s = shop(&app).await;
+    let mut once = coupon("ONCE", "percent_off", json!(1000));
+    once["usage_limit"] = json!(1);
+    let p = promo(&s.admin, once).await;
+    let id = p["id"].as_str().unwrap_or_default().to_owned();
+    let cart = cart_with(&app, &[("MUG-A", 1)]).await;
+    for _ in 0..3 {
+        let r = preview(&app, &cart, "ONCE").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        assert_eq!(amount(&r.body["discount"]), 100);
+    }
+    let r = s.admin.get(&format!("/admin/promotions/{id}")).await;
+    assert_eq!(
+        (r.body["uses"].clone(), r.body["reserved"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(
+        s.admin
+            .get(&format!("/admin/promotions/{id}/redemptions"))
+            .await
+            .body["data"],
+        json!([])
+    );
+    // Once a checkout holds the only use, the coupon is exhausted.
+    let now = app.clock.now();
+    let mut tx = app
+        .state
+        .kernel
+        .db
+        .begin()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let r = PromotionService::reserve_tx(&mut tx, &id, "chk_one", "usr_one", 100, now)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(r.is_ok(), "{r:?}");
+    tx.commit().await.unwrap_or_else(|e| panic!("{e}"));
+    let r = preview(&app, &cart, "ONCE").await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.code(), "coupon_exhausted");
+    let r = s
+        .admin
+        .patch(
+            &format!("/admin/promotions/{id}"),
+            json!({"status": "disabled"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = preview(&app, &cart, "ONCE").await;
+    assert_eq!(r.code(), "coupon_invalid");
 }
 
 async fn reserve(
@@ -490,4 +758,36 @@ async fn racing_checkouts_never_pass_the_budget() {
     assert_eq!(won, 3);
     let p = admin.get(&format!("/admin/promotions/{id}")).await.body;
     assert_eq!(amount(&p["budget_reserved"]), 900);
+}
+
+#[tokio::test]
+async fn a_customer_who_used_a_coupon_up_sees_it_exhausted() {
+    let app = spawn_app().await;
+    let s = shop(&app).await;
+    let mut body = coupon("FIRST", "percent_off", json!(1000));
+    body["per_customer_limit"] = json!(1);
+    let id = promo(&s.admin, body).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let customer = app.customer().await;
+    let me = customer.me().await.body["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let cart = customer.create_cart().await.id();
+    customer.add_to_cart(&cart, "MUG-A", 1).await;
+    let r = customer
+        .get(&format!("/carts/{cart}?coupon_code=first"))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(reserve(&app, &id, "chk_1", &me, 100).await, Some(Ok(())));
+    let r = customer
+        .get(&format!("/carts/{cart}?coupon_code=first"))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.code(), "coupon_exhausted");
+    // Another customer still can.
+    let other = cart_with(&app, &[("MUG-A", 1)]).await;
+    assert_eq!(preview(&app, &other, "FIRST").await.status, 200);
 }
