@@ -212,7 +212,7 @@ impl PromotionService {
         who: Option<&Principal>,
     ) -> Result<Discounts, PromotionError> {
         let currency = Currency::parse(&cart.currency).unwrap_or(self.default_currency());
-        let coupon_code = coupon_code.map(str::trim).filter(|c| !c.is_empty());
+        // Taken as sent: an empty or padded code is not a code (the schema's pattern).
         let product_ids: Vec<String> = cart
             .items
             .iter()

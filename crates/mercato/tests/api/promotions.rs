@@ -382,7 +382,7 @@ async fn the_preview_gives_exact_amounts_for_each_kind_and_scope() {
     assert_eq!(r.body["free_shipping"], true);
     assert_eq!(r.body["discounts"][0]["kind"], "free_shipping");
     // Unknown codes.
-    for code in ["NOPE", "bad%20code"] {
+    for code in ["NOPE", "bad%20code", "", "%20PCT10"] {
         let r = preview(&app, &cart, code).await;
         assert_eq!(r.status, 422, "{}", r.body);
         assert_eq!(r.code(), "coupon_invalid");
