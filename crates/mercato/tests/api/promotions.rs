@@ -791,3 +791,31 @@ async fn a_customer_who_used_a_coupon_up_sees_it_exhausted() {
     let other = cart_with(&app, &[("MUG-A", 1)]).await;
     assert_eq!(preview(&app, &other, "FIRST").await.status, 200);
 }
+
+#[tokio::test]
+async fn the_demo_has_welcome10_and_free_shipping_over_one_hundred() {
+    let app = spawn_app().await;
+    mercato::demo::load(&app.state)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    // Loading again creates nothing twice.
+    mercato::demo::load(&app.state)
+        .await
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    let admin = app.admin().await;
+    let list = admin.get("/admin/promotions").await.body;
+    let data = list["data"].as_array().cloned().unwrap_or_default();
+    assert_eq!(data.len(), 2, "{list}");
+    let welcome = data
+        .iter()
+        .find(|p| p["code"] == "WELCOME10")
+        .unwrap_or_else(|| panic!("no WELCOME10: {list}"));
+    assert_eq!(welcome["value"], 1000);
+    assert_eq!(welcome["per_customer_limit"], 1);
+    let shipping = data
+        .iter()
+        .find(|p| p["automatic"] == true)
+        .unwrap_or_else(|| panic!("no automatic promotion: {list}"));
+    assert_eq!(shipping["kind"], "free_shipping");
+    assert_eq!(amount(&shipping["min_subtotal"]), 10000);
+}
