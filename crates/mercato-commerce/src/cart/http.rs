@@ -63,7 +63,7 @@ async fn get_cart(
     let cart = s.carts.view(&id, p.as_ref()).await?;
     let discounts = s
         .promotions
-        .preview(&cart, q.coupon_code.as_deref(), p.as_ref())
+        .preview(&cart, q.coupon_code.as_deref())
         .await?;
     Ok(Json(CartPreview { cart, discounts }))
 }

@@ -8,7 +8,6 @@ use super::model::{
 use super::store::{Exhausted, PromotionStore};
 use crate::cart::model::Cart;
 use crate::catalog::CatalogService;
-use mercato_kernel::auth::Principal;
 use mercato_kernel::db::{StoreError, StoreResult, Tx};
 use mercato_kernel::error::{ApiError, Code, Validator};
 use mercato_kernel::{Currency, Kernel, Timestamp};
@@ -204,12 +203,13 @@ impl PromotionService {
 
     /// The discounts a cart would get now with `coupon_code` (if any) and the automatic
     /// promotions: evaluated on the cart's purchasable lines at their current prices; nothing is
-    /// reserved. A coupon that cannot be used is an error with its stable code.
+    /// reserved. The per-customer limit is the cart owner's (unknown for a guest cart, whose
+    /// buyer checkout identifies). A coupon that cannot be used is an error with its stable
+    /// code.
     pub async fn preview(
         &self,
         cart: &Cart,
         coupon_code: Option<&str>,
-        who: Option<&Principal>,
     ) -> Result<Discounts, PromotionError> {
         let currency = Currency::parse(&cart.currency).unwrap_or(self.default_currency());
         // Taken as sent: an empty or padded code is not a code (the schema's pattern).
@@ -263,7 +263,7 @@ impl PromotionService {
                 }
             }
         };
-        let customer = who.and_then(|p| p.user_id().map(str::to_owned));
+        let customer = cart.user_id.clone();
         let mut ids: Vec<String> = automatic.iter().map(|p| p.id.clone()).collect();
         ids.extend(coupon.iter().map(|p| p.id.clone()));
         let uses = match &customer {

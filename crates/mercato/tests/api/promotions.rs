@@ -787,6 +787,12 @@ async fn a_customer_who_used_a_coupon_up_sees_it_exhausted() {
         .await;
     assert_eq!(r.status, 422, "{}", r.body);
     assert_eq!(r.code(), "coupon_exhausted");
+    // The limit is the cart owner's, whoever looks at the cart.
+    let r = s
+        .admin
+        .get(&format!("/carts/{cart}?coupon_code=first"))
+        .await;
+    assert_eq!(r.code(), "coupon_exhausted", "{}", r.body);
     // Another customer still can.
     let other = cart_with(&app, &[("MUG-A", 1)]).await;
     assert_eq!(preview(&app, &other, "FIRST").await.status, 200);
