@@ -2209,6 +2209,34 @@ mod tests {
         }
 
         #[test]
+        fn extreme_amounts_neither_panic_nor_break_the_invariants(
+            lines in prop::collection::vec((1i64..=1_000_000, 1i64..=i64::MAX / 4), 1..4),
+            bps in 1i64..=FULL_BPS,
+            amount in 1i64..=i64::MAX,
+            budget in prop::option::of(0i64..=i64::MAX),
+            buy in 1i64..=1_000,
+            get in 1i64..=1_000,
+        ) {
+            let b = basket(
+                lines
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (q, p))| line(&format!("S{i}"), "p", &["c"], *q, *p))
+                    .collect(),
+            );
+            let get = GetRule { quantity: get, percent_off_bps: bps };
+            for benefit in [pct(bps), off(amount), Benefit::BuyXGetY { buy, get }] {
+                let mut o = offer(rule("x", benefit));
+                o.budget_left = budget;
+                let e = evaluate(&b, std::slice::from_ref(&o), None);
+                for (l, d) in b.lines.iter().zip(&e.line_discounts) {
+                    prop_assert!(*d >= 0 && *d <= l.total());
+                }
+                prop_assert_eq!(e.line_discounts.iter().fold(0i64, |a, d| a.saturating_add(*d)), e.discount);
+            }
+        }
+
+        #[test]
         fn allocation_sums_exactly_within_caps(
             total in -10i64..1_000_000,
             entries in prop::collection::vec((0i64..100_000, 0i64..100_000), 0..8),

@@ -160,6 +160,15 @@ async fn admins_create_read_list_and_patch_promotions() {
     assert_eq!(r.body["errors"][0]["field"], "value");
     let r = s
         .admin
+        .patch(
+            &format!("/admin/promotions/{id}"),
+            json!({"get": {"quantity": 1}}),
+        )
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.body["errors"][0]["field"], "get");
+    let r = s
+        .admin
         .patch("/admin/promotions/prm_NOPE", json!({"name": "x"}))
         .await;
     assert_eq!(r.status, 404);
@@ -824,4 +833,51 @@ async fn the_demo_has_welcome10_and_free_shipping_over_one_hundred() {
         .unwrap_or_else(|| panic!("no automatic promotion: {list}"));
     assert_eq!(shipping["kind"], "free_shipping");
     assert_eq!(amount(&shipping["min_subtotal"]), 10000);
+}
+
+#[tokio::test]
+async fn lowering_a_limit_below_its_uses_admits_no_more() {
+    let app = spawn_app().await;
+    let s = shop(&app).await;
+    let mut body = coupon("LOWER", "percent_off", json!(1000));
+    body["usage_limit"] = json!(5);
+    let id = promo(&s.admin, body).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    for i in 0..3 {
+        let r = reserve(&app, &id, &format!("chk_{i}"), &format!("usr_{i}"), 100).await;
+        assert_eq!(r, Some(Ok(())));
+    }
+    let r = s
+        .admin
+        .patch(
+            &format!("/admin/promotions/{id}"),
+            json!({"usage_limit": 2}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        (r.body["usage_limit"].clone(), r.body["reserved"].clone()),
+        (json!(2), json!(3))
+    );
+    assert_eq!(
+        reserve(&app, &id, "chk_more", "usr_more", 100).await,
+        Some(Err(Exhausted::Uses))
+    );
+    let cart = cart_with(&app, &[("MUG-A", 1)]).await;
+    assert_eq!(
+        preview(&app, &cart, "LOWER").await.code(),
+        "coupon_exhausted"
+    );
+    // Removing the limit admits uses again.
+    let r = s
+        .admin
+        .patch(
+            &format!("/admin/promotions/{id}"),
+            json!({"usage_limit": null}),
+        )
+        .await;
+    assert_eq!(r.body["usage_limit"], Value::Null);
+    assert_eq!(preview(&app, &cart, "LOWER").await.status, 200);
 }
