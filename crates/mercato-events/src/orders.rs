@@ -34,6 +34,9 @@ pub struct OrderSummary {
     /// their links carry (the customer id is then the token's `gst_…` subject).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub guest: Option<GuestBuyer>,
+    /// The short-link code the order's cart came through (shop attribution of links).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attribution: Option<String>,
 }
 
 /// The buyer of a guest order.

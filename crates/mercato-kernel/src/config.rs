@@ -232,6 +232,12 @@ settings! {
     cors_admin_origins: Option<String> = None;
     /// Public base URL of short links (`https://sho.rt`); unset = the request's own host. Links to this host are refused as loops.
     links_base_url: Option<String> = None;
+    /// Links: a dedicated short-link host name (`sho.rt`): requests to it on the main listener are short-link redirects only, and the main host no longer answers codes at its root.
+    links_host: Option<String> = None;
+    /// Links: a dedicated listener (`0.0.0.0:8081`) serving only the short-link redirect; the main listener then no longer answers codes at its root.
+    links_addr: Option<String> = None;
+    /// Links: a MaxMind-format country database (GeoLite2-Country.mmdb) for the country of a click when no trusted CDN header says it.
+    links_geoip_db: Option<String> = None;
     /// Links: how long an unknown code is remembered as unknown (negative cache), seconds.
     links_negative_ttl_secs: u64 = 300;
     /// Links: longest time a known link stays cached without a change being seen, seconds.

@@ -20,6 +20,7 @@ pub fn router() -> OpenApiRouter<Links> {
         .routes(routes!(create_link, list_links))
         .routes(routes!(get_link, patch_link, delete_link))
         .routes(routes!(link_stats))
+        .routes(routes!(link_qr))
 }
 
 /// The redirect route, for the root of the short-link host.
@@ -239,6 +240,57 @@ async fn link_stats(
     ))
 }
 
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct QrQuery {
+    /// `svg` (default) or `png`.
+    #[param(pattern = "^(svg|png)$")]
+    pub format: Option<String>,
+    /// Side in pixels, 64–2048 (default 256); a PNG rounds up to whole pixels per module.
+    #[param(minimum = 64, maximum = 2048)]
+    pub size: Option<u32>,
+}
+
+/// A QR code of the link's short URL (owner or admin).
+#[utoipa::path(get, path = "/links/{id}/qr", tag = "links", params(("id" = String, Path), QrQuery),
+    responses((status = 200, description = "the QR code image", content((String = "image/svg+xml"), (Vec<u8> = "image/png"))),
+              (status = 404, body = Problem), (status = 422, body = Problem)), security(("bearer" = [])))]
+async fn link_qr(
+    State(l): State<Links>,
+    who: Principal,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    ApiQuery(q): ApiQuery<QrQuery>,
+) -> Result<Response, ApiError> {
+    let row = l.get(&who, &id).await?;
+    let size = q.size.unwrap_or(256);
+    if !crate::model::QR_SIZES.contains(&size) {
+        return Err(ApiError::invalid("size", "64 to 2048 pixels"));
+    }
+    let short_url = format!("{}/{}", l.base_url(host(&headers)), row.code);
+    let (body, content_type) = match q.format.as_deref().unwrap_or("svg") {
+        "svg" => (
+            crate::model::qr_svg(&short_url, size)
+                .map_err(|e| ApiError::internal(anyhow::anyhow!("QR encoding: {e}")))?
+                .into_bytes(),
+            "image/svg+xml",
+        ),
+        "png" => (
+            crate::model::qr_png(&short_url, size).map_err(ApiError::internal)?,
+            "image/png",
+        ),
+        _ => return Err(ApiError::invalid("format", "svg or png")),
+    };
+    let mut r = Response::new(Body::from(body));
+    let h = r.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, max-age=3600"),
+    );
+    Ok(r)
+}
+
 fn wants_html(headers: &HeaderMap) -> bool {
     headers
         .get(header::ACCEPT)
@@ -283,7 +335,7 @@ async fn redirect(
             .country_header()
             .and_then(|h| headers.get(h))
             .and_then(|v| v.to_str().ok()),
-        ip: ip.0.to_string(),
+        ip: ip.0,
     });
     match l.resolve(&code, facts).await {
         Resolution::Redirect { status, location } => {

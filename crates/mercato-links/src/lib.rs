@@ -1,6 +1,7 @@
 //! Mercato's URL shortener: short links with a cached redirect path and click analytics.
 //!
-//! Owns the tables `links`, `link_tags`, `link_clicks`, `link_rollups`, `link_visitors`.
+//! Owns the tables `links`, `link_tags`, `link_clicks`, `link_rollups`, `link_visitors`,
+//! `link_orders`.
 //!
 //! Invariants:
 //! - the redirect never touches the database on a cache hit and never waits on analytics: a
@@ -13,11 +14,13 @@
 //!   rollups) always equal the raw clicks they summarise;
 //! - no client address is stored: visitors are a daily salted hash.
 //!
-//! Emits `link.created`, `link.updated`, `link.deleted`. Consumes nothing.
+//! Emits `link.created`, `link.updated`, `link.deleted`. Consumes `order.confirmed` (shop
+//! attribution: a paid order whose cart carries a link's code counts in that link's stats).
 #![forbid(unsafe_code)]
 
 pub mod cache;
 pub mod clicks;
+pub mod geo;
 pub mod http;
 pub mod model;
 pub mod service;
@@ -30,7 +33,12 @@ use mercato_kernel::clock::SharedClock;
 use mercato_kernel::config::Settings;
 use mercato_kernel::db::Db;
 
+/// The bus consumer that counts attributed orders per link.
+pub fn consumer(links: &Links) -> std::sync::Arc<dyn mercato_kernel::outbox::EventHandler> {
+    std::sync::Arc::new(service::Attribution(links.clone()))
+}
+
 /// Builds the links system from settings.
-pub fn build(db: Db, clock: SharedClock, settings: &Settings) -> Links {
+pub fn build(db: Db, clock: SharedClock, settings: &Settings) -> anyhow::Result<Links> {
     Links::new(db, clock, LinksConfig::from_settings(settings))
 }

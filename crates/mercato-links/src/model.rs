@@ -139,9 +139,45 @@ impl UrlError {
     }
 }
 
-/// Validates a destination: absolute http(s) with a host, ≤ 2,048 chars, and not on one of
-/// `own_hosts` (host or host:port of our short-link host: a link to a link here is a loop).
-pub fn check_url(raw: &str, own_hosts: &[String]) -> Result<url::Url, UrlError> {
+/// The hosts a destination is compared with.
+#[derive(Clone, Debug, Default)]
+pub struct Hosts {
+    /// Dedicated short-link hosts (`links_host`, `links_addr`): every path there is a code, so
+    /// any URL on them is a loop.
+    pub short: Vec<String>,
+    /// The shop's own hosts (the main listener, which also serves short links unless a
+    /// dedicated host is configured): a root-level code path there is a loop; any other path
+    /// is the shop itself (storefront), whose visits carry `mref` for attribution.
+    pub shop: Vec<String>,
+    /// Whether the shop's host also answers codes at its root (no dedicated short-link host).
+    pub shop_serves_codes: bool,
+}
+
+/// Where a checked destination points.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Destination {
+    pub url: url::Url,
+    /// On the shop's own host: the redirect adds `mref=<code>` for attribution.
+    pub on_shop: bool,
+}
+
+fn host_matches(u: &url::Url, own: &str) -> bool {
+    let Some(host) = u.host_str() else {
+        return false;
+    };
+    let host = host.to_ascii_lowercase();
+    let own = own.to_ascii_lowercase();
+    let with_port = match u.port() {
+        Some(p) => format!("{host}:{p}"),
+        None => host.clone(),
+    };
+    let default_port = u.port_or_known_default().map(|p| format!("{host}:{p}"));
+    own == with_port || own == host && u.port().is_none() || Some(&own) == default_port.as_ref()
+}
+
+/// Validates a destination: absolute http(s) with a host, ≤ 2,048 chars, and not a loop (a URL
+/// that would itself be answered by a short-link redirect here).
+pub fn check_url(raw: &str, hosts: &Hosts) -> Result<Destination, UrlError> {
     if raw.chars().count() > MAX_URL_LEN {
         return Err(UrlError::TooLong);
     }
@@ -149,25 +185,44 @@ pub fn check_url(raw: &str, own_hosts: &[String]) -> Result<url::Url, UrlError> 
     if !matches!(u.scheme(), "http" | "https") {
         return Err(UrlError::NotAbsoluteHttp);
     }
-    let Some(host) = u.host_str().filter(|h| !h.is_empty()) else {
+    if u.host_str().is_none_or(str::is_empty) {
         return Err(UrlError::NotAbsoluteHttp);
-    };
-    let host = host.to_ascii_lowercase();
-    let with_port = match u.port() {
-        Some(p) => format!("{host}:{p}"),
-        None => host.clone(),
-    };
-    let default_port = u.port_or_known_default().map(|p| format!("{host}:{p}"));
-    for own in own_hosts {
-        let own = own.to_ascii_lowercase();
-        if own == with_port
-            || own == host && u.port().is_none()
-            || Some(&own) == default_port.as_ref()
-        {
+    }
+    if hosts.short.iter().any(|h| host_matches(&u, h)) {
+        return Err(UrlError::Loop);
+    }
+    let on_shop = hosts.shop.iter().any(|h| host_matches(&u, h));
+    if on_shop && hosts.shop_serves_codes {
+        let path = u.path().trim_start_matches('/');
+        if could_be_code(path) && !RESERVED.iter().any(|r| r.eq_ignore_ascii_case(path)) {
             return Err(UrlError::Loop);
         }
     }
-    Ok(u)
+    Ok(Destination { url: u, on_shop })
+}
+
+/// The destination the redirect sends to: UTM merged, and `mref=<code>` when it is the
+/// shop's own storefront (a cart created with it is attributed to the link).
+pub fn destination(dest: &Destination, utm: &Utm, code: &str) -> String {
+    let merged = merge_utm(&dest.url, utm);
+    if !dest.on_shop {
+        return merged;
+    }
+    match url::Url::parse(&merged) {
+        Ok(mut u) => {
+            let kept: Vec<(String, String)> = u
+                .query_pairs()
+                .filter(|(k, _)| k != "mref")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+            u.query_pairs_mut()
+                .clear()
+                .extend_pairs(kept)
+                .append_pair("mref", code);
+            u.to_string()
+        }
+        Err(_) => merged,
+    }
 }
 
 /// The destination with the UTM parameters merged into its query: existing parameters are
@@ -285,6 +340,53 @@ pub fn country(header: Option<&str>) -> String {
     }
 }
 
+/// Smallest and largest QR image sides accepted, pixels.
+pub const QR_SIZES: std::ops::RangeInclusive<u32> = 64..=2048;
+
+/// A QR code of `text` as an SVG document about `size` pixels square (quiet zone included).
+pub fn qr_svg(text: &str, size: u32) -> Result<String, qrcode::types::QrError> {
+    let code = qrcode::QrCode::new(text.as_bytes())?;
+    Ok(code
+        .render::<qrcode::render::svg::Color<'_>>()
+        .min_dimensions(size, size)
+        .quiet_zone(true)
+        .build())
+}
+
+/// A QR code of `text` as a greyscale PNG at least `size` pixels square: whole pixels per
+/// module (so scanners see sharp edges) and the standard 4-module quiet zone.
+pub fn qr_png(text: &str, size: u32) -> anyhow::Result<Vec<u8>> {
+    let code = qrcode::QrCode::new(text.as_bytes())?;
+    let width = u32::try_from(code.width())?;
+    let modules = code.to_colors();
+    let quiet = 4u32;
+    let side_modules = width + 2 * quiet;
+    let scale = size.div_ceil(side_modules).max(1);
+    let side = side_modules * scale;
+    let mut pixels = vec![255u8; (side as usize) * (side as usize)];
+    for (i, c) in modules.iter().enumerate() {
+        if *c != qrcode::Color::Dark {
+            continue;
+        }
+        let i = u32::try_from(i)?;
+        let (mx, my) = (i % width + quiet, i / width + quiet);
+        for y in my * scale..(my + 1) * scale {
+            let row = (y * side) as usize;
+            pixels[row + (mx * scale) as usize..row + ((mx + 1) * scale) as usize].fill(0);
+        }
+    }
+    let mut out = Vec::new();
+    {
+        let mut enc = png::Encoder::new(&mut out, side, side);
+        enc.set_color(png::ColorType::Grayscale);
+        enc.set_depth(png::BitDepth::Eight);
+        let mut w = enc.write_header()?;
+        w.write_image_data(&pixels)?;
+        w.finish()?;
+    }
+    Ok(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -310,8 +412,13 @@ mod tests {
 
     #[test]
     fn urls_must_be_absolute_http_short_and_not_loops() {
-        let own = vec!["sho.rt".to_owned(), "127.0.0.1:8080".to_owned()];
-        assert!(check_url("https://example.com/a?b=1", &own).is_ok());
+        let own = Hosts {
+            short: vec!["sho.rt".to_owned()],
+            shop: vec!["127.0.0.1:8080".to_owned()],
+            shop_serves_codes: true,
+        };
+        let ok = check_url("https://example.com/a?b=1", &own).expect("an outside URL");
+        assert!(!ok.on_shop);
         assert_eq!(
             check_url("javascript:alert(1)", &own).err(),
             Some(UrlError::NotAbsoluteHttp)
@@ -326,15 +433,56 @@ mod tests {
         );
         let long = format!("https://example.com/{}", "a".repeat(2048));
         assert_eq!(check_url(&long, &own).err(), Some(UrlError::TooLong));
-        assert_eq!(
-            check_url("https://SHO.RT/abc", &own).err(),
-            Some(UrlError::Loop)
-        );
+        // Anything on a dedicated short-link host is a loop.
+        for u in [
+            "https://SHO.RT/abc",
+            "https://sho.rt/products/1",
+            "http://sho.rt:80/",
+        ] {
+            assert_eq!(check_url(u, &own).err(), Some(UrlError::Loop), "{u}");
+        }
+        // On the shop's host, a root-level code is a loop; the storefront is not.
         assert_eq!(
             check_url("http://127.0.0.1:8080/abc", &own).err(),
             Some(UrlError::Loop)
         );
-        assert!(check_url("http://127.0.0.1:9999/abc", &own).is_ok());
+        let shop = check_url("http://127.0.0.1:8080/products/abc", &own).expect("the shop");
+        assert!(shop.on_shop);
+        assert!(check_url("http://127.0.0.1:8080/", &own).is_ok_and(|d| d.on_shop));
+        assert!(check_url("http://127.0.0.1:8080/search", &own).is_ok_and(|d| d.on_shop));
+        assert!(check_url("http://127.0.0.1:9999/abc", &own).is_ok_and(|d| !d.on_shop));
+    }
+
+    #[test]
+    fn qr_images_have_whole_module_pixels_and_the_asked_size() {
+        let png = qr_png("http://sho.rt/abc1234", 256).expect("a png");
+        assert_eq!(&png[1..4], b"PNG");
+        let svg = qr_svg("http://sho.rt/abc1234", 256).expect("an svg");
+        assert!(svg.contains("<svg"));
+        assert!(qr_png(&"x".repeat(8000), 256).is_err());
+    }
+
+    #[test]
+    fn storefront_destinations_carry_the_code_as_mref() {
+        let own = Hosts {
+            short: vec![],
+            shop: vec!["shop.example".to_owned()],
+            shop_serves_codes: false,
+        };
+        let utm = Utm {
+            source: Some("ig".into()),
+            ..Utm::default()
+        };
+        let d = check_url("https://shop.example/products/p1?mref=old&x=1", &own).expect("shop");
+        assert_eq!(
+            destination(&d, &utm, "spring"),
+            "https://shop.example/products/p1?x=1&utm_source=ig&mref=spring"
+        );
+        let d = check_url("https://elsewhere.example/p?x=1", &own).expect("outside");
+        assert_eq!(
+            destination(&d, &Utm::default(), "spring"),
+            "https://elsewhere.example/p?x=1"
+        );
     }
 
     #[test]

@@ -6,13 +6,15 @@ use crate::cache::{CachedLink, LinkCache};
 use crate::clicks::{self, Click, ClickQueue, DAY, HOUR, MINUTE};
 use crate::model::{self, SlugError, Utm};
 use crate::store::{LinkRow, LinksStore};
-use mercato_kernel::Timestamp;
+use mercato_events::orders::OrderConfirmed;
 use mercato_kernel::auth::Principal;
 use mercato_kernel::clock::SharedClock;
 use mercato_kernel::config::Settings;
 use mercato_kernel::db::{Db, StoreError};
 use mercato_kernel::error::{ApiError, Code};
+use mercato_kernel::outbox::{Event, EventHandler, EventPayload as _};
 use mercato_kernel::shutdown::Shutdown;
+use mercato_kernel::{Currency, Money, Timestamp};
 use serde::Serialize;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -36,7 +38,23 @@ pub struct LinksConfig {
     pub flush: Duration,
     pub retention: Duration,
     pub country_header: Option<String>,
-    pub own_hosts: Vec<String>,
+    /// The dedicated short-link host name (`links_host`), if any.
+    pub links_host: Option<String>,
+    /// Whether a dedicated listener (`links_addr`) serves the redirect.
+    pub dedicated_addr: bool,
+    /// The main listener's address and the base URL's host.
+    pub main_hosts: Vec<String>,
+    /// A MaxMind country database to read click countries from.
+    pub geoip_db: Option<String>,
+}
+
+fn host_of_url(b: &str) -> Option<String> {
+    url::Url::parse(b).ok().and_then(|u| {
+        u.host_str().map(|h| match u.port() {
+            Some(p) => format!("{h}:{p}"),
+            None => h.to_owned(),
+        })
+    })
 }
 
 impl LinksConfig {
@@ -46,19 +64,15 @@ impl LinksConfig {
             .clone()
             .map(|b| b.trim_end_matches('/').to_owned())
             .filter(|b| !b.is_empty());
-        let mut own_hosts = vec![s.addr.clone()];
-        if let Some(h) = base_url
+        let links_host = s
+            .links_host
             .as_deref()
-            .and_then(|b| url::Url::parse(b).ok())
-            .and_then(|u| {
-                u.host_str().map(|h| match u.port() {
-                    Some(p) => format!("{h}:{p}"),
-                    None => h.to_owned(),
-                })
-            })
-        {
-            own_hosts.push(h);
-        }
+            .map(|h| h.trim().to_ascii_lowercase())
+            .filter(|h| !h.is_empty());
+        let dedicated_addr = s
+            .links_addr
+            .as_deref()
+            .is_some_and(|a| !a.trim().is_empty());
         LinksConfig {
             base_url,
             positive_ttl: Duration::from_secs(s.links_cache_ttl_secs.max(1)),
@@ -70,8 +84,17 @@ impl LinksConfig {
             retention: Duration::from_secs(s.links_click_retention_days.max(1) * 86_400),
             country_header: Some(s.links_country_header.trim().to_ascii_lowercase())
                 .filter(|h| !h.is_empty()),
-            own_hosts,
+            links_host,
+            dedicated_addr,
+            main_hosts: vec![s.addr.clone()],
+            geoip_db: s.links_geoip_db.clone().filter(|p| !p.trim().is_empty()),
         }
+    }
+
+    /// Whether short links are served on a host or listener of their own (then the main
+    /// listener's root does not answer codes).
+    pub fn dedicated(&self) -> bool {
+        self.links_host.is_some() || self.dedicated_addr
     }
 }
 
@@ -84,6 +107,10 @@ pub struct Inner {
     pub rx: std::sync::Mutex<Option<mpsc::Receiver<Click>>>,
     /// Secret behind the daily visitor salts (per process).
     pub secret: [u8; 32],
+    /// The dedicated listener's bound address (`links_addr`, port 0 resolved).
+    pub dedicated_bound: std::sync::OnceLock<String>,
+    /// Click countries from a MaxMind database, when configured.
+    pub geoip: Option<crate::geo::GeoIp>,
 }
 
 /// The links system (cheap to clone).
@@ -148,7 +175,7 @@ pub struct ClickFacts<'a> {
     pub user_agent: &'a str,
     pub referer: Option<&'a str>,
     pub country: Option<&'a str>,
-    pub ip: String,
+    pub ip: std::net::IpAddr,
 }
 
 #[derive(Debug, Serialize, utoipa::ToSchema)]
@@ -176,6 +203,10 @@ pub struct Stats {
     pub browsers: Vec<Breakdown>,
     pub os: Vec<Breakdown>,
     pub devices: Vec<Breakdown>,
+    /// Paid orders whose cart came through this link (`attribution`), confirmed in the window.
+    pub orders: i64,
+    /// Their totals, one entry per currency (empty when none).
+    pub revenue: Vec<Money>,
 }
 
 fn internal(e: StoreError) -> ApiError {
@@ -242,7 +273,12 @@ fn check_utm(utm: &Utm) -> Result<(), ApiError> {
 }
 
 impl Links {
-    pub fn new(db: Db, clock: SharedClock, cfg: LinksConfig) -> Links {
+    pub fn new(db: Db, clock: SharedClock, cfg: LinksConfig) -> anyhow::Result<Links> {
+        let geoip = cfg
+            .geoip_db
+            .as_deref()
+            .map(crate::geo::GeoIp::open)
+            .transpose()?;
         let store = LinksStore::new(db);
         let cache = LinkCache::new(
             store.clone(),
@@ -253,7 +289,7 @@ impl Links {
         let (queue, rx) = clicks::channel(cfg.queue);
         let mut secret = [0u8; 32];
         rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut secret);
-        Links(Arc::new(Inner {
+        Ok(Links(Arc::new(Inner {
             store,
             cache,
             clock,
@@ -261,7 +297,25 @@ impl Links {
             queue,
             rx: std::sync::Mutex::new(Some(rx)),
             secret,
-        }))
+            dedicated_bound: std::sync::OnceLock::new(),
+            geoip,
+        })))
+    }
+
+    /// Tells the links system where its dedicated listener is bound (short URLs then point
+    /// there unless `links_base_url` or `links_host` says otherwise).
+    pub fn set_dedicated_addr(&self, addr: std::net::SocketAddr) {
+        let _ = self.0.dedicated_bound.set(addr.to_string());
+    }
+
+    /// Whether the main listener's root serves short-link codes.
+    pub fn served_on_main_root(&self) -> bool {
+        !self.0.cfg.dedicated()
+    }
+
+    /// The dedicated short-link host name, if configured.
+    pub fn links_host(&self) -> Option<&str> {
+        self.0.cfg.links_host.as_deref()
     }
 
     pub fn store(&self) -> &LinksStore {
@@ -276,12 +330,21 @@ impl Links {
         &self.0.queue
     }
 
-    /// The base of short URLs: the configured one, else the request's own host.
+    /// The base of short URLs: the configured one, else the dedicated host or listener, else
+    /// the request's own host.
     pub fn base_url(&self, request_host: Option<&str>) -> String {
-        match (&self.0.cfg.base_url, request_host) {
-            (Some(b), _) => b.clone(),
-            (None, Some(h)) => format!("http://{h}"),
-            (None, None) => format!("http://{}", self.0.cfg.addr_host()),
+        if let Some(b) = &self.0.cfg.base_url {
+            return b.clone();
+        }
+        if let Some(h) = &self.0.cfg.links_host {
+            return format!("http://{h}");
+        }
+        if let Some(a) = self.0.dedicated_bound.get() {
+            return format!("http://{a}");
+        }
+        match request_host {
+            Some(h) => format!("http://{h}"),
+            None => format!("http://{}", self.0.cfg.addr_host()),
         }
     }
 
@@ -305,12 +368,28 @@ impl Links {
         }
     }
 
-    fn own_hosts(&self, request_host: Option<&str>) -> Vec<String> {
-        let mut hosts = self.0.cfg.own_hosts.clone();
-        if let Some(h) = request_host {
-            hosts.push(h.to_owned());
+    /// The hosts destinations are checked against (loops) and recognised on (the shop).
+    fn hosts(&self, request_host: Option<&str>) -> model::Hosts {
+        let cfg = &self.0.cfg;
+        let mut h = model::Hosts {
+            short: Vec::new(),
+            shop: cfg.main_hosts.clone(),
+            shop_serves_codes: !cfg.dedicated(),
+        };
+        let base_host = cfg.base_url.as_deref().and_then(host_of_url);
+        if cfg.dedicated() {
+            h.short.extend(cfg.links_host.clone());
+            h.short.extend(self.0.dedicated_bound.get().cloned());
+            h.short.extend(base_host);
+        } else {
+            h.shop.extend(base_host);
         }
-        hosts
+        if let Some(r) = request_host
+            && !h.short.iter().any(|s| s.eq_ignore_ascii_case(r))
+        {
+            h.shop.push(r.to_owned());
+        }
+        h
     }
 
     /// Creates a link owned by `owner`. A custom slug that is taken is 409 `slug_taken`; a
@@ -321,7 +400,7 @@ impl Links {
         req: NewLink,
         request_host: Option<&str>,
     ) -> Result<LinkRow, ApiError> {
-        let dest = model::check_url(req.url.trim(), &self.own_hosts(request_host))
+        let dest = model::check_url(req.url.trim(), &self.hosts(request_host))
             .map_err(|e| invalid_url(e.message()))?;
         let status = redirect_status(req.redirect.as_deref())?;
         let tags = check_tags(&req.tags)?;
@@ -352,8 +431,8 @@ impl Links {
             id: mercato_kernel::id::new_id("lnk"),
             code: String::new(),
             owner_id: owner.subject.clone(),
-            url: dest.to_string(),
-            destination: model::merge_utm(&dest, &utm),
+            url: dest.url.to_string(),
+            destination: String::new(),
             utm: serde_json::to_string(&req.utm).unwrap_or_else(|_| "null".into()),
             tags: serde_json::to_string(&tags).unwrap_or_else(|_| "[]".into()),
             redirect_status: status,
@@ -368,6 +447,7 @@ impl Links {
                 Some(s) => s.clone(),
                 None => model::generate_code(),
             };
+            row.destination = model::destination(&dest, &utm, &row.code);
             match self.0.store.insert(&row, &tags, now).await {
                 Ok(()) => {
                     // A negative entry for this code (asked before it existed) goes now.
@@ -446,7 +526,7 @@ impl Links {
             utm = u;
         }
         let url = patch.url.clone().unwrap_or_else(|| row.url.clone());
-        let dest = model::check_url(url.trim(), &self.own_hosts(request_host))
+        let dest = model::check_url(url.trim(), &self.hosts(request_host))
             .map_err(|e| invalid_url(e.message()))?;
         if let Some(r) = &patch.redirect {
             row.redirect_status = redirect_status(Some(r))?;
@@ -470,8 +550,8 @@ impl Links {
             }
             None => None,
         };
-        row.url = dest.to_string();
-        row.destination = model::merge_utm(&dest, &utm.clone().unwrap_or_default());
+        row.url = dest.url.to_string();
+        row.destination = model::destination(&dest, &utm.clone().unwrap_or_default(), &row.code);
         row.utm = serde_json::to_string(&utm).unwrap_or_else(|_| "null".into());
         row.updated_at = now.as_micros();
         self.0
@@ -525,12 +605,25 @@ impl Links {
                 link_id: link.id.clone(),
                 at: now,
                 referrer: model::referrer_domain(facts.referer),
-                country: model::country(facts.country),
+                // A trusted CDN header first (the edge saw the real client), else the
+                // GeoIP database.
+                country: {
+                    let c = model::country(facts.country);
+                    match &self.0.geoip {
+                        Some(g) if c == "unknown" => g.country(facts.ip).unwrap_or(c),
+                        _ => c,
+                    }
+                },
                 browser: visit.browser,
                 os: visit.os,
                 device: visit.device,
                 bot: visit.bot,
-                visitor: clicks::visitor_hash(&self.0.secret, day, &facts.ip, facts.user_agent),
+                visitor: clicks::visitor_hash(
+                    &self.0.secret,
+                    day,
+                    &facts.ip.to_string(),
+                    facts.user_agent,
+                ),
             });
         } else if link
             .max_clicks
@@ -622,6 +715,15 @@ impl Links {
             )
             .await
             .map_err(internal)?;
+        let attributed = store
+            .attributed(&row.id, from_b, to_b)
+            .await
+            .map_err(internal)?;
+        let orders = attributed.iter().map(|(_, n, _)| n).sum();
+        let revenue = attributed
+            .into_iter()
+            .filter_map(|(c, _, total)| Currency::parse(&c).map(|c| Money::new(total, c)))
+            .collect();
         let mut take = |d: &str| dims.remove(d).unwrap_or_default();
         Ok(Stats {
             clicks: total,
@@ -641,6 +743,8 @@ impl Links {
             browsers: take("browser"),
             os: take("os"),
             devices: take("device"),
+            orders,
+            revenue,
         })
     }
 
@@ -736,9 +840,47 @@ impl Links {
     }
 }
 
+/// The durable consumer name of shop attribution.
+pub const ATTRIBUTION_CONSUMER: &str = "links-attribution";
+
+/// Counts paid orders (`order.confirmed`) whose cart came through a short link.
+pub struct Attribution(pub Links);
+
+#[async_trait::async_trait]
+impl EventHandler for Attribution {
+    fn name(&self) -> &str {
+        ATTRIBUTION_CONSUMER
+    }
+
+    fn interested_in(&self, event_type: &str) -> bool {
+        event_type == OrderConfirmed::TYPE
+    }
+
+    async fn handle(&self, event: &Event) -> anyhow::Result<()> {
+        let e = event.decode::<OrderConfirmed>()?;
+        let Some(code) = e.order.attribution.as_deref() else {
+            return Ok(());
+        };
+        // The primary key on the order makes a redelivery a no-op.
+        self.0
+            .0
+            .store
+            .record_order(
+                code,
+                &e.order.order_id,
+                e.order.total.amount,
+                e.order.total.currency.as_str(),
+                event.occurred_at.as_micros(),
+            )
+            .await
+            .map_err(|e| anyhow::anyhow!("recording an attributed order: {e}"))?;
+        Ok(())
+    }
+}
+
 impl LinksConfig {
     fn addr_host(&self) -> &str {
-        self.own_hosts
+        self.main_hosts
             .first()
             .map(String::as_str)
             .unwrap_or("localhost")

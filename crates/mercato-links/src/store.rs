@@ -398,6 +398,61 @@ impl LinksStore {
         .await?)
     }
 
+    /// Records a paid order that came through the link with `code` (deleted links too: the
+    /// visit happened while it lived). Once per order: a redelivered event changes nothing.
+    /// Returns whether a row was written (`false` for an unknown code or a repeat).
+    pub async fn record_order(
+        &self,
+        code: &str,
+        order_id: &str,
+        total: i64,
+        currency: &str,
+        at: i64,
+    ) -> StoreResult<bool> {
+        let mut tx = self.db.begin().await?;
+        let r = sqlx::query(
+            "INSERT INTO link_orders (order_id, link_id, total, currency, at) \
+             SELECT $1, id, $2, $3, $4 FROM links WHERE code = $5 \
+             ON CONFLICT (order_id) DO NOTHING",
+        )
+        .bind(order_id)
+        .bind(total)
+        .bind(currency)
+        .bind(at)
+        .bind(code)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    /// Orders and revenue per currency of a link's attributed orders in `[from, to)`.
+    pub async fn attributed(
+        &self,
+        link_id: &str,
+        from: i64,
+        to: i64,
+    ) -> StoreResult<Vec<(String, i64, i64)>> {
+        let rows = sqlx::query(
+            "SELECT currency, COUNT(*) AS orders, CAST(SUM(total) AS BIGINT) AS revenue FROM link_orders \
+             WHERE link_id = $1 AND at >= $2 AND at < $3 GROUP BY currency ORDER BY currency",
+        )
+        .bind(link_id)
+        .bind(from)
+        .bind(to)
+        .fetch_all(self.db.reader())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get::<String, _>("currency")?,
+                    r.try_get::<i64, _>("orders")?,
+                    r.try_get::<i64, _>("revenue")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Raw clicks of a link (tests compare them with the rollups).
     pub async fn raw_click_count(&self, link_id: &str, include_bots: bool) -> StoreResult<i64> {
         Ok(sqlx::query_scalar(

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 mod client;
+pub mod mmdb;
 pub mod peers;
 mod postgres;
 pub mod process;

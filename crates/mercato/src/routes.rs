@@ -138,12 +138,35 @@ pub fn build_router(
 
     // The redirect (`GET|HEAD /{code}`) sits at the root beside the operational routes, outside
     // the API's auth, rate-limit and idempotency layers: it has no principal and no body.
-    let redirect = mercato_links::redirect_router().with_state(links);
-    let router = ops
-        .merge(api)
-        .merge(redirect)
+    // With a dedicated short-link host or listener, the main host's root answers no codes.
+    let mut router = ops.merge(api);
+    if links.served_on_main_root() {
+        router = router.merge(mercato_links::redirect_router().with_state(links.clone()));
+    }
+    let mut router = router
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
+    // `links_host`: requests for that host name are short-link redirects, and nothing else.
+    if let Some(short_host) = links.links_host().map(str::to_owned) {
+        let short = short_link_router(links);
+        router = router.layer(middleware::from_fn(
+            move |req: axum::extract::Request, next: middleware::Next| {
+                let short = short.clone();
+                let is_short = request_host(&req).is_some_and(|h| h == short_host);
+                async move {
+                    if is_short {
+                        use tower::ServiceExt as _;
+                        match short.oneshot(req).await {
+                            Ok(r) => r,
+                            Err(never) => match never {},
+                        }
+                    } else {
+                        next.run(req).await
+                    }
+                }
+            },
+        ));
+    }
     let router = apply_middleware(
         router,
         MiddlewareConfig {
@@ -169,6 +192,45 @@ pub fn build_router(
     router.layer(middleware::from_fn(move |req, next| {
         mercato_kernel::http::cors::cors(cors.clone(), req, next)
     }))
+}
+
+/// The lower-cased host name a request is for (port dropped).
+fn request_host(req: &axum::extract::Request) -> Option<String> {
+    let h = req
+        .headers()
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri().host())?;
+    let name = match h.rsplit_once(':') {
+        Some((name, port)) if port.bytes().all(|b| b.is_ascii_digit()) => name,
+        _ => h,
+    };
+    Some(name.to_ascii_lowercase())
+}
+
+/// The routes of a dedicated short-link host or listener: the redirect and nothing else.
+pub fn short_link_router(links: mercato_links::Links) -> Router {
+    mercato_links::redirect_router()
+        .with_state(links)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+}
+
+/// The dedicated short-link listener (`links_addr`): the redirect behind the same request
+/// id, metrics, timeout and panic guard as the main listener, and nothing else.
+pub fn build_links_router(
+    settings: &mercato_kernel::config::Settings,
+    links: mercato_links::Links,
+) -> Router {
+    apply_middleware(
+        short_link_router(links),
+        MiddlewareConfig {
+            request_timeout: Duration::from_millis(settings.request_timeout_ms),
+            body_limit_bytes: settings.body_limit_bytes,
+            max_in_flight: settings.max_in_flight_requests,
+            trust_forwarded_for: settings.trust_forwarded_for,
+        },
+    )
 }
 
 async fn healthz() -> Json<serde_json::Value> {

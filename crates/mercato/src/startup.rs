@@ -36,6 +36,8 @@ pub struct Application {
     notify: mercato_notify::Notifier,
     webhooks: mercato_webhooks::Webhooks,
     links: mercato_links::Links,
+    /// The dedicated short-link listener (`links_addr`).
+    links_listener: Option<TcpListener>,
     trigger: ShutdownTrigger,
     shutdown: Shutdown,
     runs_workers: bool,
@@ -159,7 +161,18 @@ impl Application {
             state.kernel.db.clone(),
             state.kernel.clock.clone(),
             &state.kernel.settings,
-        );
+        )?;
+        bus.subscribe(mercato_links::consumer(&links));
+        let links_listener = match state.kernel.settings.links_addr.as_deref() {
+            Some(a) if role.runs_api() && !a.trim().is_empty() => {
+                let l = TcpListener::bind(a.trim())
+                    .await
+                    .with_context(|| format!("binding links_addr {a}"))?;
+                links.set_dedicated_addr(l.local_addr()?);
+                Some(l)
+            }
+            _ => None,
+        };
         Ok(Application {
             listener,
             local_addr,
@@ -168,6 +181,7 @@ impl Application {
             notify,
             webhooks,
             links,
+            links_listener,
             trigger,
             shutdown,
             runs_workers: role.runs_workers(),
@@ -359,6 +373,19 @@ impl Application {
             }
             None => None,
         };
+        let links_server = self.links_listener.map(|listener| {
+            let router =
+                crate::routes::build_links_router(&self.state.kernel.settings, self.links.clone());
+            let mut stop_links = stop.clone();
+            tokio::spawn(async move {
+                axum::serve(
+                    listener,
+                    router.into_make_service_with_connect_info::<SocketAddr>(),
+                )
+                .with_graceful_shutdown(async move { stop_links.wait().await })
+                .await
+            })
+        });
         tokio::select! {
             _ = signal => {}
             _ = stop.wait() => {}
@@ -372,6 +399,9 @@ impl Application {
                 Ok(Err(e)) => tracing::error!(error = %e, "server task failed"),
                 Err(_) => tracing::warn!("in-flight requests did not finish within 30 s"),
             }
+        }
+        if let Some(server) = links_server {
+            let _ = tokio::time::timeout(Duration::from_secs(30), server).await;
         }
         for w in workers {
             let _ = tokio::time::timeout(Duration::from_secs(10), w).await;

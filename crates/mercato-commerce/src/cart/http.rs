@@ -27,6 +27,11 @@ pub struct CreateCart {
     /// ISO 4217; defaults to the shop's currency.
     #[schema(pattern = "^[A-Za-z]{3}$")]
     pub currency: Option<String>,
+    /// The short-link code the shopper came through (the `mref` query parameter a short
+    /// link's redirect adds to storefront URLs). On an existing cart it replaces the earlier
+    /// one: the last touch wins.
+    #[schema(pattern = "^[A-Za-z0-9_-]{3,64}$")]
+    pub attribution: Option<String>,
 }
 
 /// Create a cart. Guests get a new cart whose id is its only credential; signed-in users get
@@ -40,7 +45,14 @@ async fn create_cart(
     OptionalJson(body): OptionalJson<CreateCart>,
 ) -> Result<impl IntoResponse, ApiError> {
     let req = body.unwrap_or_default();
-    let (cart, created) = s.carts.create(p.as_ref(), req.currency.as_deref()).await?;
+    let (cart, created) = s
+        .carts
+        .create(
+            p.as_ref(),
+            req.currency.as_deref(),
+            req.attribution.as_deref(),
+        )
+        .await?;
     let status = if created {
         StatusCode::CREATED
     } else {

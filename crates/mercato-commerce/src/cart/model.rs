@@ -91,6 +91,8 @@ pub struct Cart {
     pub expires_at: Option<Timestamp>,
     /// For a merged guest cart: the cart it was merged into.
     pub merged_into: Option<String>,
+    /// The short-link code the cart came through (its paid order counts in the link's stats).
+    pub attribution: Option<String>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
 }

@@ -134,7 +134,20 @@ impl CartService {
         &self,
         who: Option<&Principal>,
         currency: Option<&str>,
+        attribution: Option<&str>,
     ) -> Result<(Cart, bool), CartError> {
+        let attribution = attribution.map(str::trim);
+        if let Some(code) = attribution
+            && !((3..=64).contains(&code.len())
+                && code
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-'))
+        {
+            return Err(CartError::Invalid(ApiError::invalid(
+                "attribution",
+                "a short-link code: 3 to 64 of A-Z, a-z, 0-9, _ and -",
+            )));
+        }
         let currency = match currency {
             Some(c) => Currency::parse(c).ok_or_else(|| {
                 CartError::Invalid(ApiError::invalid(
@@ -149,13 +162,16 @@ impl CartService {
         let user = who.and_then(|p| p.user_id().map(str::to_owned));
         if let Some(user_id) = &user {
             if let Some(existing) = self.inner.store.active_for_user(user_id).await? {
+                if let Some(code) = attribution {
+                    self.inner.store.set_attribution(&existing.id, code).await?;
+                }
                 return Ok((self.view(existing.id.as_str(), who).await?, false));
             }
             let id = CartId::new();
             match self
                 .inner
                 .store
-                .insert(id.as_str(), Some(user_id), currency, now, None)
+                .insert(id.as_str(), Some(user_id), currency, now, None, attribution)
                 .await
             {
                 Ok(row) => Ok((self.render(row, Vec::new()).await?, true)),
@@ -177,7 +193,14 @@ impl CartService {
             let row = self
                 .inner
                 .store
-                .insert(&id, None, currency, now, Some(self.guest_expiry(now)))
+                .insert(
+                    &id,
+                    None,
+                    currency,
+                    now,
+                    Some(self.guest_expiry(now)),
+                    attribution,
+                )
                 .await?;
             Ok((self.render(row, Vec::new()).await?, true))
         }
@@ -285,6 +308,7 @@ impl CartService {
             warnings,
             expires_at: row.expires_at,
             merged_into: row.merged_into,
+            attribution: row.attribution,
             created_at: row.created_at,
             updated_at: row.updated_at,
         })
@@ -472,7 +496,7 @@ impl CartService {
             role: Role::Customer,
         };
         let (user_cart, _) = self
-            .create(Some(&principal), Some(guest.currency.as_str()))
+            .create(Some(&principal), Some(guest.currency.as_str()), None)
             .await?;
         let (_, user_lines) = self
             .inner
@@ -526,14 +550,25 @@ impl CartService {
         &self,
         id: &str,
         who: Option<&Principal>,
-    ) -> Result<(CartStatus, Currency, Vec<(String, i64)>), CartError> {
+    ) -> Result<CheckoutCart, CartError> {
         let (row, lines) = self.load(id, who).await?;
-        Ok((
-            row.status,
-            row.currency,
-            lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
-        ))
+        Ok(CheckoutCart {
+            status: row.status,
+            currency: row.currency,
+            lines: lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
+            attribution: row.attribution,
+        })
     }
+}
+
+/// What checkout takes of a cart.
+pub struct CheckoutCart {
+    pub status: CartStatus,
+    pub currency: Currency,
+    /// (sku, quantity) per line.
+    pub lines: Vec<(String, i64)>,
+    /// The short-link code the cart came through.
+    pub attribution: Option<String>,
 }
 
 #[async_trait::async_trait]

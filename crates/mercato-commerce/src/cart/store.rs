@@ -22,6 +22,8 @@ pub struct CartRow {
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
     pub expires_at: Option<Timestamp>,
+    /// The short-link code the cart came through (`mref`), last touch wins.
+    pub attribution: Option<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -44,7 +46,7 @@ pub enum Refusal {
 }
 
 const CART_COLUMNS: &str =
-    "id, user_id, status, currency, merged_into, created_at, updated_at, expires_at";
+    "id, user_id, status, currency, merged_into, created_at, updated_at, expires_at, attribution";
 
 fn g(e: sqlx::Error) -> StoreError {
     StoreError::Other(e.into())
@@ -65,6 +67,7 @@ fn cart_of(r: &Row) -> StoreResult<CartRow> {
             .try_get::<Option<i64>, _>("expires_at")
             .map_err(g)?
             .map(Timestamp::from_micros),
+        attribution: r.try_get("attribution").map_err(g)?,
     })
 }
 
@@ -92,21 +95,35 @@ impl CartStore {
         currency: Currency,
         now: Timestamp,
         expires_at: Option<Timestamp>,
+        attribution: Option<&str>,
     ) -> StoreResult<CartRow> {
         let mut tx = self.db.begin().await?;
         let row = sqlx::query(&format!(
-            "INSERT INTO carts (id, user_id, status, currency, version, created_at, updated_at, expires_at) \
-             VALUES ($1,$2,'active',$3,1,$4,$4,$5) RETURNING {CART_COLUMNS}"
+            "INSERT INTO carts (id, user_id, status, currency, version, created_at, updated_at, expires_at, attribution) \
+             VALUES ($1,$2,'active',$3,1,$4,$4,$5,$6) RETURNING {CART_COLUMNS}"
         ))
         .bind(id)
         .bind(user_id)
         .bind(currency.as_str())
         .bind(now.as_micros())
         .bind(expires_at.map(Timestamp::as_micros))
+        .bind(attribution)
         .fetch_one(&mut *tx)
         .await?;
         tx.commit().await?;
         cart_of(&row)
+    }
+
+    /// Records the short link an existing cart came through again (last touch wins).
+    pub async fn set_attribution(&self, id: &str, code: &str) -> StoreResult<()> {
+        let mut tx = self.db.begin().await?;
+        sqlx::query("UPDATE carts SET attribution = $2 WHERE id = $1 AND status = 'active'")
+            .bind(id)
+            .bind(code)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn active_for_user(&self, user_id: &str) -> StoreResult<Option<CartRow>> {
@@ -288,11 +305,15 @@ impl CartStore {
             tx.rollback().await?;
             return Ok(false);
         }
+        // The guest cart's short-link attribution is the later touch: it carries over.
         let touched = sqlx::query(
-            "UPDATE carts SET updated_at = $1, version = version + 1 WHERE id = $2 AND status = 'active'",
+            "UPDATE carts SET updated_at = $1, version = version + 1, \
+             attribution = COALESCE((SELECT g.attribution FROM carts g WHERE g.id = $3), attribution) \
+             WHERE id = $2 AND status = 'active'",
         )
         .bind(now.as_micros())
         .bind(user_cart_id)
+        .bind(guest_id)
         .execute(&mut *tx)
         .await?;
         if touched.rows_affected() == 0 {

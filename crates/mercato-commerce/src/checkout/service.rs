@@ -327,7 +327,12 @@ impl CheckoutService {
             .unwrap_or("standard")
             .trim()
             .to_ascii_lowercase();
-        let (status, currency, lines) = self
+        let crate::cart::service::CheckoutCart {
+            status,
+            currency,
+            lines,
+            attribution,
+        } = self
             .inner
             .carts
             .lines_for_checkout(&req.cart_id, guest.is_none().then_some(who))
@@ -428,6 +433,7 @@ impl CheckoutService {
             created_at: now,
             updated_at: now,
             guest: guest.clone(),
+            attribution,
         };
         let mut tx = self.db().begin().await?;
         for old in CheckoutStore::open_for_cart_tx(&mut tx, &req.cart_id).await? {
@@ -569,6 +575,7 @@ impl CheckoutService {
             shipping_address: c.shipping_address.clone(),
             shipping_method: c.shipping_method.clone(),
             payment_id: Some(payment_id.to_owned()),
+            attribution: c.attribution.clone(),
             guest: c
                 .guest
                 .as_ref()

@@ -37,6 +37,8 @@ pub struct CheckoutRow {
     pub updated_at: Timestamp,
     /// A guest checkout's buyer (their email and guest token); `None` for signed-in ones.
     pub guest: Option<Guest>,
+    /// The short-link code the cart came through (carried to the order).
+    pub attribution: Option<String>,
 }
 
 /// The buyer of a guest checkout.
@@ -65,7 +67,7 @@ fn g(e: sqlx::Error) -> StoreError {
 }
 
 const CHECKOUT_COLUMNS: &str = "id, customer_id, cart_id, status, currency, lines, subtotal, discount, shipping, tax, \
-    total, shipping_address, shipping_method, attempts, order_id, payment_id, failure_code, expires_at, created_at, updated_at, guest_email, guest_token";
+    total, shipping_address, shipping_method, attempts, order_id, payment_id, failure_code, expires_at, created_at, updated_at, guest_email, guest_token, attribution";
 const SAGA_COLUMNS: &str =
     "id, checkout_id, attempt, status, step, payment_id, order_id, error, created_at, updated_at";
 
@@ -105,6 +107,7 @@ fn checkout_of(r: &Row) -> StoreResult<CheckoutRow> {
             (Some(email), Some(token)) => Some(Guest { email, token }),
             _ => None,
         },
+        attribution: r.try_get("attribution").map_err(g)?,
     })
 }
 
@@ -136,8 +139,8 @@ impl CheckoutStore {
         sqlx::query(
             "INSERT INTO checkouts (id, customer_id, cart_id, status, currency, lines, subtotal, discount, shipping, \
              tax, total, shipping_address, shipping_method, attempts, expires_at, created_at, updated_at, \
-             guest_email, guest_token) \
-             VALUES ($1,$2,$3,'open',$4,$5,$6,$7,$8,$9,$10,$11,$12,0,$13,$14,$14,$15,$16)",
+             guest_email, guest_token, attribution) \
+             VALUES ($1,$2,$3,'open',$4,$5,$6,$7,$8,$9,$10,$11,$12,0,$13,$14,$14,$15,$16,$17)",
         )
         .bind(&c.id)
         .bind(&c.customer_id)
@@ -155,6 +158,7 @@ impl CheckoutStore {
         .bind(c.created_at.as_micros())
         .bind(c.guest.as_ref().map(|g| g.email.as_str()))
         .bind(c.guest.as_ref().map(|g| g.token.as_str()))
+        .bind(c.attribution.as_deref())
         .execute(&mut **tx)
         .await?;
         Ok(())

@@ -201,6 +201,8 @@ pub struct Order {
     pub shipment: Option<Shipment>,
     /// Set when a chargeback or fraud signal needs a human look.
     pub flagged_for_review: bool,
+    /// The short-link code the order's cart came through (`null` when none).
+    pub attribution: Option<String>,
     pub history: Vec<HistoryEntry>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,

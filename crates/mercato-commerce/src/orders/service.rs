@@ -251,6 +251,7 @@ impl OrderService {
             shipping_method: o.shipping_method,
             payment,
             flagged_for_review: o.flagged_for_review,
+            attribution: o.attribution,
             history,
             created_at: o.created_at,
             updated_at: o.updated_at,

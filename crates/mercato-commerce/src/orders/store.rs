@@ -41,6 +41,8 @@ pub struct OrderRow {
     pub updated_at: Timestamp,
     /// A guest order's buyer.
     pub guest: Option<GuestBuyer>,
+    /// The short-link code the order's cart came through.
+    pub attribution: Option<String>,
 }
 
 /// An order to insert (built by checkout from its locked lines).
@@ -61,6 +63,7 @@ pub struct NewOrder {
     pub payment_id: Option<String>,
     pub items: Vec<OrderItem>,
     pub guest: Option<GuestBuyer>,
+    pub attribution: Option<String>,
 }
 
 impl OrderRow {
@@ -82,7 +85,7 @@ fn g(e: sqlx::Error) -> StoreError {
 
 const ORDER_COLUMNS: &str = "id, order_number, customer_id, checkout_id, status, currency, subtotal, discount, \
     shipping, tax, total, shipping_address, shipping_method, payment_id, flagged_for_review, carrier, \
-    tracking_number, shipped_at, delivered_at, version, created_at, updated_at, guest_email, guest_token";
+    tracking_number, shipped_at, delivered_at, version, created_at, updated_at, guest_email, guest_token, attribution";
 
 fn order_of(r: &Row) -> StoreResult<OrderRow> {
     let currency: String = r.try_get("currency").map_err(g)?;
@@ -129,6 +132,7 @@ fn order_of(r: &Row) -> StoreResult<OrderRow> {
             (Some(email), Some(token)) => Some(GuestBuyer { email, token }),
             _ => None,
         },
+        attribution: r.try_get("attribution").map_err(g)?,
     })
 }
 
@@ -323,6 +327,7 @@ impl OrderStore {
                 })
                 .collect(),
             guest: o.guest.clone(),
+            attribution: o.attribution.clone(),
         }
     }
 
@@ -339,8 +344,8 @@ impl OrderStore {
         let row = sqlx::query(&format!(
             "INSERT INTO orders (id, order_number, customer_id, checkout_id, status, currency, subtotal, discount, \
              shipping, tax, total, shipping_address, shipping_method, payment_id, flagged_for_review, version, \
-             created_at, updated_at, guest_email, guest_token) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,0,1,$15,$15,$16,$17) \
+             created_at, updated_at, guest_email, guest_token, attribution) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,0,1,$15,$15,$16,$17,$18) \
              RETURNING {ORDER_COLUMNS}"
         ))
         .bind(&o.id)
@@ -360,6 +365,7 @@ impl OrderStore {
         .bind(now.as_micros())
         .bind(o.guest.as_ref().map(|g| g.email.as_str()))
         .bind(o.guest.as_ref().map(|g| g.token.as_str()))
+        .bind(o.attribution.as_deref())
         .fetch_one(&mut **tx)
         .await?;
         use mercato_kernel::db::Cell;

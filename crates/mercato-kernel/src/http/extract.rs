@@ -59,6 +59,17 @@ async fn read_body<S: Send + Sync>(req: Request, state: &S) -> Result<Bytes, Api
 
 /// Parses a JSON body with the same error mapping as [`ApiJson`].
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // Every request body is an object; serde would also fill a struct from an array of its
+    // fields in order (`[null, null]`), which no schema here allows.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        let message = "the body must be a JSON object".to_owned();
+        let mut e = ApiError::new(Code::ValidationFailed).detail(message.clone());
+        e.errors.push(FieldError {
+            field: String::new(),
+            message,
+        });
+        return Err(e);
+    }
     let de = &mut serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize::<_, T>(de) {
         Ok(v) => Ok(v),

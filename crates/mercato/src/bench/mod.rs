@@ -9,6 +9,7 @@
 pub mod cart;
 pub mod commerce;
 pub mod notify;
+pub mod redirect;
 pub mod report;
 pub mod search;
 
@@ -132,6 +133,8 @@ pub struct Target {
     pub state: Option<mercato_commerce::AppState>,
     /// The in-process payment gateway simulator (in-process targets only).
     pub gateway: Option<mercato_gateway_sim::GatewaySim>,
+    /// The links system (in-process targets only).
+    pub links: Option<mercato_links::Links>,
     _stop: Option<mercato_kernel::shutdown::ShutdownTrigger>,
     _dir: Option<tempfile::TempDir>,
     pub(crate) _pg: Option<BenchDatabase>,
@@ -208,6 +211,7 @@ pub async fn target(args: &BenchArgs) -> anyhow::Result<Target> {
             base: url.trim_end_matches('/').to_owned(),
             state: None,
             gateway: None,
+            links: None,
             _stop: None,
             _dir: None,
             _pg: None,
@@ -244,12 +248,14 @@ pub async fn target(args: &BenchArgs) -> anyhow::Result<Target> {
         .ok_or_else(|| anyhow::anyhow!("no listener"))?;
     let state = app.state().clone();
     let gateway = app.gateway().simulator.clone();
+    let links = app.links();
     let stop = app.stopper();
     tokio::spawn(app.run_until(std::future::pending()));
     Ok(Target {
         base: format!("http://{addr}"),
         state: Some(state),
         gateway,
+        links: Some(links),
         _stop: Some(stop),
         _dir: Some(dir),
         _pg: pg,
@@ -300,8 +306,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "flash-sale" => commerce::flash_sale(&args).await?,
         "checkout" => commerce::checkout(&args).await?,
         "db-commit" => commerce::db_commit(&args).await?,
+        "redirect" => redirect::run(&args).await?,
         other => anyhow::bail!(
-            "unknown scenario {other:?} (available: health, db-commit, search, cart, notify, flash-sale, checkout)"
+            "unknown scenario {other:?} (available: health, db-commit, search, cart, notify, flash-sale, checkout, redirect)"
         ),
     };
     if args.json {

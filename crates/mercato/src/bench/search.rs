@@ -111,6 +111,7 @@ pub(crate) async fn in_process(
         base: format!("http://{addr}"),
         state: Some(state.clone()),
         gateway,
+        links: None,
         _stop: Some(stop),
         _dir: Some(dir),
         _pg: None,

@@ -314,3 +314,17 @@ async fn idle_guest_carts_expire_after_thirty_days() {
     assert_eq!(r.status, 409);
     assert_eq!(r.code(), "cart_not_active");
 }
+
+#[tokio::test]
+async fn a_json_array_body_is_refused_not_read_as_the_fields_in_order() {
+    let app = spawn_app().await;
+    let c = app.customer().await;
+    for body in [serde_json::json!([null, null]), serde_json::json!(["EUR"])] {
+        let r = c.post("/carts", body.clone()).await;
+        assert_eq!(r.status, 422, "{body}: {}", r.body);
+        assert_eq!(r.code(), "validation_failed");
+    }
+    // Nothing was created by the refused requests.
+    let r = c.post("/carts", serde_json::json!({})).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}

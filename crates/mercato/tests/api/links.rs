@@ -441,3 +441,265 @@ async fn reserved_words_cover_every_first_segment_of_the_router() {
         assert_ne!(r.status, 302, "/{f} must not be a short link");
     }
 }
+
+#[tokio::test]
+async fn a_qr_code_decodes_to_the_short_url() {
+    let app = spawn_app().await;
+    let user = app.customer().await;
+    let link = create(&app, &user, json!({"url": "https://example.com/qr"})).await;
+    let id = link["id"].as_str().unwrap_or_default();
+    let short_url = link["short_url"].as_str().unwrap_or_default().to_owned();
+
+    let r = http()
+        .get(format!(
+            "{}/api/v1/links/{id}/qr?format=png&size=200",
+            app.address
+        ))
+        .bearer_auth(user.token.clone().unwrap_or_default())
+        .send()
+        .await
+        .expect("qr request");
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "image/png");
+    let bytes = r.bytes().await.expect("png bytes");
+    // Decode the PNG, then read the QR code in it.
+    let decoder = png::Decoder::new(std::io::Cursor::new(bytes.to_vec()));
+    let mut reader = decoder.read_info().expect("a png header");
+    let mut buf = vec![0; reader.output_buffer_size().unwrap_or_default()];
+    let info = reader.next_frame(&mut buf).expect("a png frame");
+    assert!(info.width >= 200 && info.width == info.height);
+    let (w, h) = (info.width as usize, info.height as usize);
+    let mut img = rqrr::PreparedImage::prepare_from_greyscale(w, h, |x, y| buf[y * w + x]);
+    let grids = img.detect_grids();
+    assert_eq!(grids.len(), 1, "one QR code in the image");
+    let (_, text) = grids[0].decode().expect("a readable QR code");
+    assert_eq!(text, short_url);
+
+    let svg = user.get(&format!("/links/{id}/qr")).await;
+    assert_eq!(svg.status, 200);
+    for bad in ["format=gif", "size=10", "size=5000", "size=abc"] {
+        let r = user.get(&format!("/links/{id}/qr?{bad}")).await;
+        assert!(matches!(r.status, 400 | 422), "{bad}: {}", r.status);
+    }
+    let bob = app.customer().await;
+    assert_eq!(bob.get(&format!("/links/{id}/qr")).await.status, 404);
+}
+
+#[tokio::test]
+async fn an_attributed_carts_paid_order_appears_in_the_links_stats() {
+    let app = spawn_app().await;
+    let (admin, sku, wh, _) = crate::inventory::stocked(&app, "attr").await;
+    admin.set_stock(&sku, &wh, 10).await;
+    let marketer = app.customer().await;
+    // A link into the shop's own storefront: the redirect carries the code as `mref`.
+    let link = create(
+        &app,
+        &marketer,
+        json!({"url": format!("{}/products/{sku}?color=red", app.address), "slug": "spring-tee"}),
+    )
+    .await;
+    let id = link["id"].as_str().unwrap_or_default().to_owned();
+    let r = visit(&app, "spring-tee", CHROME).await;
+    assert_eq!(r.status(), 302);
+    assert_eq!(
+        r.headers()["location"],
+        format!("{}/products/{sku}?color=red&mref=spring-tee", app.address).as_str()
+    );
+    // A link to an outside site gets no mref.
+    let other = create(&app, &marketer, json!({"url": "https://example.com/x"})).await;
+    assert_eq!(other["destination"], "https://example.com/x");
+
+    // The storefront creates the cart with the code it was sent.
+    let buyer = app.customer().await;
+    let bad = buyer
+        .post("/carts", json!({"attribution": "no spaces allowed"}))
+        .await;
+    assert_eq!(bad.status, 422, "{}", bad.body);
+    let cart = buyer
+        .post("/carts", json!({"attribution": "spring-tee"}))
+        .await;
+    assert_eq!(cart.status, 201, "{}", cart.body);
+    assert_eq!(cart.body["attribution"], "spring-tee");
+    let cart_id = cart.id();
+    assert_eq!(buyer.add_to_cart(&cart_id, &sku, 2).await.status, 200);
+    let chk = buyer
+        .checkout(&cart_id, mercato_testkit::sample_address())
+        .await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    let paid = buyer.pay(&chk.id(), "tok_visa", "attr-pay").await;
+    assert_eq!(paid.status, 201, "{}", paid.body);
+    let order_id = paid.body["order_id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    let total = paid.body["payment"]["amount"]["amount"]
+        .as_i64()
+        .unwrap_or_default();
+    assert!(total > 0);
+    assert_eq!(
+        buyer.order(&order_id).await.body["attribution"],
+        "spring-tee"
+    );
+
+    // An unattributed purchase does not count.
+    let (other_buyer, _) = (app.customer().await, ());
+    let c2 = other_buyer.create_cart().await.id();
+    other_buyer.add_to_cart(&c2, &sku, 1).await;
+    let chk2 = other_buyer
+        .checkout(&c2, mercato_testkit::sample_address())
+        .await;
+    assert_eq!(
+        other_buyer
+            .pay(&chk2.id(), "tok_visa", "attr-pay-2")
+            .await
+            .status,
+        201
+    );
+
+    let stats = app
+        .eventually(Duration::from_secs(10), || {
+            let marketer = marketer.clone();
+            let id = id.clone();
+            async move {
+                let s = marketer.get(&format!("/links/{id}/stats")).await;
+                (s.body["orders"] == 1).then_some(s.body)
+            }
+        })
+        .await
+        .expect("the attributed order reaches the link's stats");
+    assert_eq!(stats["revenue"][0]["amount"], total);
+    assert_eq!(stats["revenue"][0]["currency"], "USD");
+    assert_eq!(stats["revenue"].as_array().map(Vec::len), Some(1));
+}
+
+#[tokio::test]
+async fn a_dedicated_links_host_answers_only_redirects() {
+    let app = spawn_app_with(|s| s.links_host = Some("sho.rt.test".into())).await;
+    let user = app.customer().await;
+    let link = create(&app, &user, json!({"url": "https://example.com/dedicated"})).await;
+    let code = link["code"].as_str().unwrap_or_default().to_owned();
+    assert_eq!(link["short_url"], format!("http://sho.rt.test/{code}"));
+    let on = |path: &str, host: Option<&str>| {
+        let mut rb = http().get(format!("{}{path}", app.address));
+        if let Some(h) = host {
+            rb = rb.header("host", h);
+        }
+        rb.send()
+    };
+    let r = on(&format!("/{code}"), Some("sho.rt.test"))
+        .await
+        .expect("redirect");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "https://example.com/dedicated");
+    // The main host no longer answers codes; the short host answers nothing else.
+    assert_eq!(
+        on(&format!("/{code}"), None).await.expect("main").status(),
+        404
+    );
+    assert_eq!(
+        on("/api/v1/products", Some("sho.rt.test:80"))
+            .await
+            .expect("api")
+            .status(),
+        404
+    );
+    assert_eq!(
+        on("/api/v1/products", None).await.expect("api").status(),
+        200
+    );
+    // Anything on the short host is a loop; the shop's own pages are not.
+    let r = user
+        .post("/links", json!({"url": "http://sho.rt.test/products/1"}))
+        .await;
+    assert_eq!(r.status, 422, "{}", r.body);
+    assert_eq!(r.code(), "invalid_url");
+    let shop = format!("{}/about", app.address);
+    assert_eq!(user.post("/links", json!({"url": shop})).await.status, 201);
+}
+
+#[tokio::test]
+async fn a_dedicated_links_listener_serves_the_redirect() {
+    let app = spawn_app_with(|s| s.links_addr = Some("127.0.0.1:0".into())).await;
+    let user = app.customer().await;
+    let link = create(&app, &user, json!({"url": "https://example.com/listener"})).await;
+    let code = link["code"].as_str().unwrap_or_default().to_owned();
+    let short_url = link["short_url"].as_str().unwrap_or_default().to_owned();
+    assert_ne!(short_url, format!("{}/{code}", app.address));
+    let r = http().get(&short_url).send().await.expect("redirect");
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "https://example.com/listener");
+    assert!(r.headers().contains_key("x-request-id"));
+    let r = http().head(&short_url).send().await.expect("head");
+    assert_eq!(r.status(), 302);
+    let base = short_url.trim_end_matches(&format!("/{code}")).to_owned();
+    let r = http()
+        .get(format!("{base}/api/v1/products"))
+        .send()
+        .await
+        .expect("api");
+    assert_eq!(r.status(), 404, "only redirects on the links listener");
+    let r = http()
+        .get(format!("{}/{code}", app.address))
+        .send()
+        .await
+        .expect("main");
+    assert_eq!(r.status(), 404, "the main listener no longer answers codes");
+}
+
+#[tokio::test]
+async fn click_countries_come_from_the_geoip_database_when_no_cdn_header_says() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let path = dir.path().join("countries.mmdb");
+    let db = mercato_testkit::mmdb::country_db(&[
+        (std::net::Ipv4Addr::new(127, 0, 0, 0), 8, "GB"),
+        (std::net::Ipv4Addr::new(10, 0, 0, 0), 8, "FR"),
+    ]);
+    std::fs::write(&path, db).expect("writing the database");
+    let p = path.to_string_lossy().into_owned();
+    let app = spawn_app_with(move |s| s.links_geoip_db = Some(p)).await;
+    let user = app.customer().await;
+    let link = create(&app, &user, json!({"url": "https://example.com/geo"})).await;
+    let code = link["code"].as_str().unwrap_or_default().to_owned();
+    let id = link["id"].as_str().unwrap_or_default().to_owned();
+    for _ in 0..2 {
+        let r = http()
+            .get(format!("{}/{code}", app.address))
+            .header("user-agent", CHROME)
+            .send()
+            .await
+            .expect("redirect");
+        assert_eq!(r.status(), 302);
+    }
+    // The trusted CDN header wins over the database.
+    assert_eq!(visit(&app, &code, CHROME).await.status(), 302);
+    let stats = app
+        .eventually(Duration::from_secs(5), || {
+            let user = user.clone();
+            let id = id.clone();
+            async move {
+                let s = user
+                    .get(&format!("/links/{id}/stats?interval=minute"))
+                    .await;
+                (s.body["clicks"] == 3).then_some(s.body)
+            }
+        })
+        .await
+        .expect("the clicks were flushed");
+    assert_eq!(
+        stats["countries"],
+        json!([{"value": "GB", "clicks": 2}, {"value": "DE", "clicks": 1}])
+    );
+}
+
+#[tokio::test]
+async fn a_missing_geoip_database_fails_the_start_with_its_setting() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut settings = mercato_testkit::test_settings(dir.path());
+    settings.links_geoip_db = Some("/nonexistent/countries.mmdb".into());
+    let err = mercato::startup::Application::build(settings, Default::default())
+        .await
+        .err()
+        .map(|e| format!("{e:#}"))
+        .unwrap_or_default();
+    assert!(err.contains("links_geoip_db"), "{err}");
+}

@@ -1447,6 +1447,7 @@ async fn commerce_events_become_notifications_once_per_event() {
         checkout_id: "chk_e1".into(),
         status: status.into(),
         guest: None,
+        attribution: None,
         total: money,
         items: vec![orders::OrderLine {
             sku: "TEE".into(),
