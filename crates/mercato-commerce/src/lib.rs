@@ -13,6 +13,7 @@ pub mod inventory;
 pub mod orders;
 pub mod payments;
 pub mod pricing;
+pub mod promotions;
 pub mod seams;
 pub mod search;
 
@@ -33,6 +34,7 @@ pub struct AppState {
     pub orders: orders::OrderService,
     pub checkout: checkout::CheckoutService,
     pub search: search::SearchService,
+    pub promotions: promotions::PromotionService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -79,6 +81,7 @@ impl AppState {
             },
         )?;
         let search = search::SearchService::new(kernel.clone(), catalog.clone());
+        let promotions = promotions::PromotionService::new(kernel.clone(), catalog.clone());
         kernel
             .bus
             .subscribe(Arc::new(orders::OrderFlagger(orders.clone())));
@@ -98,6 +101,7 @@ impl AppState {
             orders,
             checkout,
             search,
+            promotions,
         })
     }
 }
@@ -113,4 +117,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(orders::http::router())
         .merge(checkout::http::router())
         .merge(search::http::router())
+        .merge(promotions::http::router())
 }

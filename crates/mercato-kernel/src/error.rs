@@ -82,6 +82,9 @@ error_codes! {
     // --- checkout, payments, orders ---
     CartEmpty => (409, "cart_empty", "The cart is empty");
     CouponInvalid => (422, "coupon_invalid", "The coupon code is not valid");
+    CouponExpired => (422, "coupon_expired", "The coupon is not valid at this time");
+    CouponExhausted => (422, "coupon_exhausted", "The coupon has reached its usage limit");
+    CouponNotApplicable => (422, "coupon_not_applicable", "The coupon does not apply to this cart");
     CheckoutExpired => (409, "checkout_expired", "The checkout has expired");
     CheckoutNotOpen => (409, "checkout_not_open", "The checkout is not open for payment");
     PaymentInProgress => (409, "payment_in_progress", "A payment attempt for this checkout is still being settled; retry shortly");
@@ -92,6 +95,8 @@ error_codes! {
     InvalidTransition => (409, "invalid_transition", "The order cannot change to that status");
     InvalidSignature => (400, "invalid_signature", "The webhook signature is missing or invalid");
     ReturnNotAllowed => (409, "return_not_allowed", "This order cannot be returned");
+    // --- promotions ---
+    CodeTaken => (409, "code_taken", "A promotion with this code already exists");
     // --- notifications ---
     UnknownNotificationType => (422, "unknown_notification_type", "The notification type is not registered");
     TemplateInvalid => (422, "template_invalid", "The template does not compile or render");

@@ -97,7 +97,48 @@ pub async fn load(state: &AppState) -> anyhow::Result<Vec<String>> {
             "  stock:    {units} units in 2 warehouses (Austin, US and Berlin, DE)"
         ));
     }
+    if promotions_demo(state).await? {
+        lines.push(
+            "  promos:   coupon WELCOME10 (10 % off, once per customer), free shipping over 100.00"
+                .to_owned(),
+        );
+    }
     Ok(lines)
+}
+
+/// The demo coupon `WELCOME10` and the automatic free shipping above 100.00, created with the
+/// coupon (so loading again creates neither twice). Both stack. Returns whether they were made.
+async fn promotions_demo(state: &AppState) -> anyhow::Result<bool> {
+    use mercato_commerce::promotions::PromotionError;
+    use mercato_commerce::promotions::model::PromotionInput;
+    let coupon: PromotionInput = serde_json::from_value(json!({
+        "name": "Welcome: 10 % off your first order",
+        "code": "WELCOME10",
+        "kind": "percent_off",
+        "value": 1000,
+        "per_customer_limit": 1,
+        "stackable": true,
+        "status": "active"
+    }))?;
+    match state.promotions.create(coupon).await {
+        Ok(_) => {}
+        Err(PromotionError::CodeTaken(_)) => return Ok(false),
+        Err(e) => return Err(anyhow::anyhow!("creating the demo coupon: {e}")),
+    }
+    let shipping: PromotionInput = serde_json::from_value(json!({
+        "name": "Free shipping over 100.00",
+        "automatic": true,
+        "kind": "free_shipping",
+        "min_subtotal": {"amount": 10000, "currency": "USD"},
+        "stackable": true,
+        "status": "active"
+    }))?;
+    state
+        .promotions
+        .create(shipping)
+        .await
+        .map_err(|e| anyhow::anyhow!("creating the demo free shipping: {e}"))?;
+    Ok(true)
 }
 
 /// The category tree: (name, slug, parent slug). Parents come before their children.

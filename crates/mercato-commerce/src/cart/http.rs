@@ -2,13 +2,14 @@
 
 use super::model::Cart;
 use crate::AppState;
+use crate::promotions::http::CartPreview;
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use mercato_kernel::auth::MaybePrincipal;
 use mercato_kernel::error::{ApiError, Problem};
-use mercato_kernel::http::{ApiJson, OptionalJson};
+use mercato_kernel::http::{ApiJson, ApiQuery, OptionalJson};
 use serde::Deserialize;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
@@ -60,15 +61,31 @@ async fn create_cart(
     Ok((status, Json(cart)))
 }
 
-/// A cart with current prices, availability and warnings.
-#[utoipa::path(get, path = "/carts/{id}", tag = "carts", params(("id" = String, Path)),
-    responses((status = 200, body = Cart), (status = 404, body = Problem)))]
+/// A cart with current prices, availability and warnings, and the discounts it would get
+/// now (automatic promotions, plus `coupon_code` when given; nothing is reserved).
+#[utoipa::path(get, path = "/carts/{id}", tag = "carts", params(("id" = String, Path), CartQuery),
+    responses((status = 200, body = CartPreview), (status = 404, body = Problem),
+              (status = 422, body = Problem, description = "coupon_invalid, coupon_expired, coupon_exhausted, coupon_not_applicable")))]
 async fn get_cart(
     State(s): State<AppState>,
     MaybePrincipal(p): MaybePrincipal,
     Path(id): Path<String>,
-) -> Result<Json<Cart>, ApiError> {
-    Ok(Json(s.carts.view(&id, p.as_ref()).await?))
+    ApiQuery(q): ApiQuery<CartQuery>,
+) -> Result<Json<CartPreview>, ApiError> {
+    let cart = s.carts.view(&id, p.as_ref()).await?;
+    let discounts = s
+        .promotions
+        .preview(&cart, q.coupon_code.as_deref())
+        .await?;
+    Ok(Json(CartPreview { cart, discounts }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+pub struct CartQuery {
+    /// A coupon to preview (case-insensitive).
+    #[param(pattern = "^[A-Za-z0-9_-]{1,64}$")]
+    pub coupon_code: Option<String>,
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -628,6 +628,35 @@ impl CatalogService {
             .collect())
     }
 
+    /// The category ancestry (root first, the product's own category last) of each product
+    /// among `ids`, drafts included; unknown ids are absent (promotion scopes).
+    pub async fn category_paths(
+        &self,
+        ids: &[String],
+    ) -> Result<HashMap<String, Vec<String>>, CatalogError> {
+        let rows = self.inner.store.products(ids).await?;
+        Ok(rows
+            .into_iter()
+            .map(|(p, _)| {
+                let path = path_ids(&p.category_path);
+                (p.id, path)
+            })
+            .collect())
+    }
+
+    /// The ids among `ids` that name a category.
+    pub async fn existing_categories(
+        &self,
+        ids: &[String],
+    ) -> Result<std::collections::HashSet<String>, CatalogError> {
+        let all = self.inner.store.categories().await?;
+        Ok(all
+            .into_iter()
+            .map(|(c, _)| c.id)
+            .filter(|id| ids.contains(id))
+            .collect())
+    }
+
     /// Product ids in id order after `after` (full reindex).
     pub async fn product_ids_after(
         &self,

@@ -277,7 +277,9 @@ impl CheckoutService {
             .is_some_and(|c| !c.trim().is_empty())
         {
             return Err(api(
-                ApiError::new(Code::CouponInvalid).detail("this shop has no coupons yet")
+                ApiError::new(Code::CouponInvalid).detail(
+                    "checkout does not apply coupons yet (a cart previews them: GET /carts/{id}?coupon_code=…)",
+                )
             ));
         }
         let address = match (&req.shipping_address_id, req.shipping_address.clone()) {

@@ -1,7 +1,8 @@
 //! Pricing for checkout: subtotal from locked prices, shipping (flat rate per method and
 //! country, from config), tax (basis points per country or country-region, from config,
-//! computed per line, rounded half-even), totals in one currency. Coupons are not supported
-//! yet: any `coupon_code` answers 422 `coupon_invalid` (the promotions work adds them).
+//! computed per line, rounded half-even), totals in one currency. Checkout does not apply
+//! coupons yet: any `coupon_code` answers 422 `coupon_invalid` (the promotions module has the
+//! engine and the cart preview; docs/promotions.md "Not done yet").
 //!
 //! Rates are configuration, parsed once at start-up:
 //! `shipping_rates = "standard:*=999,standard:US=499,express:*=2499"` (minor units of the

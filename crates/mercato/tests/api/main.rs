@@ -24,6 +24,7 @@ mod notifications;
 mod openapi;
 mod orders;
 mod outbox;
+mod promotions;
 mod search;
 mod webhooks;
 

@@ -1,0 +1,20 @@
+//! Promotions and coupons: admin-managed discount rules; a coupon is a promotion with a code.
+//!
+//! Invariants: codes are unique case-insensitively (a lower-cased key with a unique index);
+//! the discount engine (`model::evaluate`) is pure, deterministic and never lets a discount
+//! exceed a line or a budget; uses are counted like stock — a checkout RESERVES one use (and
+//! its amount of the budget) with one conditional UPDATE, COMMITS it when paid and RELEASES it
+//! when it fails, expires or its order is cancelled, so committed + reserved never exceed
+//! `usage_limit`, `per_customer_limit` or `budget` under any concurrency. A cart preview
+//! evaluates without reserving anything.
+//!
+//! Not wired yet: checkout does not call `reserve_tx`/`commit_tx`/`release_tx`, so nothing emits
+//! `promotion.redeemed|released` yet (docs/promotions.md).
+
+pub mod http;
+pub mod model;
+pub mod service;
+mod store;
+
+pub use service::{PromotionError, PromotionService};
+pub use store::{Exhausted, PromotionStore};

@@ -1,0 +1,354 @@
+//! Promotion use cases: admin CRUD (with the references checked against the catalog), the
+//! redemption list, the cart preview, and the reserve/commit/release steps checkout will call.
+
+use super::model::{
+    Basket, CouponOutcome, Discounts, Line, Offer, Promotion, PromotionId, PromotionInput,
+    PromotionPatch, PromotionRecord, Redemption, References, evaluate,
+};
+use super::store::{Exhausted, PromotionStore};
+use crate::cart::model::Cart;
+use crate::catalog::CatalogService;
+use mercato_kernel::db::{StoreError, StoreResult, Tx};
+use mercato_kernel::error::{ApiError, Code, Validator};
+use mercato_kernel::{Currency, Kernel, Timestamp};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum PromotionError {
+    #[error("not found")]
+    NotFound,
+    #[error("code taken")]
+    CodeTaken(String),
+    /// A coupon that cannot be used, with the stable code and the reason for the customer.
+    #[error("coupon: {1}")]
+    Coupon(Code, String),
+    #[error("{0}")]
+    Invalid(ApiError),
+    #[error(transparent)]
+    Unexpected(#[from] anyhow::Error),
+}
+
+impl From<StoreError> for PromotionError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::NotFound => PromotionError::NotFound,
+            other => PromotionError::Unexpected(other.into()),
+        }
+    }
+}
+
+impl From<crate::catalog::CatalogError> for PromotionError {
+    fn from(e: crate::catalog::CatalogError) -> Self {
+        PromotionError::Unexpected(anyhow::anyhow!("catalog: {e}"))
+    }
+}
+
+impl From<PromotionError> for ApiError {
+    fn from(e: PromotionError) -> ApiError {
+        match e {
+            PromotionError::NotFound => ApiError::not_found(),
+            PromotionError::CodeTaken(code) => ApiError::new(Code::CodeTaken)
+                .detail(format!(
+                    "the code {code} is taken (codes are case-insensitive)"
+                ))
+                .with("code_value", code),
+            PromotionError::Coupon(code, detail) => ApiError::new(code).detail(detail),
+            PromotionError::Invalid(e) => e,
+            PromotionError::Unexpected(e) => ApiError::from(e),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct PromotionService {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    kernel: Kernel,
+    store: PromotionStore,
+    catalog: CatalogService,
+}
+
+impl PromotionService {
+    pub fn new(kernel: Kernel, catalog: CatalogService) -> PromotionService {
+        PromotionService {
+            inner: Arc::new(Inner {
+                store: PromotionStore::new(kernel.db.clone()),
+                kernel,
+                catalog,
+            }),
+        }
+    }
+
+    fn now(&self) -> Timestamp {
+        self.inner.kernel.clock.now()
+    }
+
+    fn default_currency(&self) -> Currency {
+        Currency::parse(&self.inner.kernel.settings.default_currency).unwrap_or(Currency::USD)
+    }
+
+    /// 422 for every SKU, product or category the promotion names that does not exist.
+    async fn check_references(&self, refs: &References) -> Result<(), PromotionError> {
+        let mut v = Validator::new();
+        if !refs.skus.is_empty() {
+            let skus: Vec<String> = refs.skus.iter().map(|(_, s)| s.clone()).collect();
+            let known = self.inner.catalog.skus(&skus).await?;
+            for (field, sku) in &refs.skus {
+                if !known.contains_key(sku) {
+                    v.add(field.clone(), format!("no product variant has SKU {sku}"));
+                }
+            }
+        }
+        if !refs.products.is_empty() {
+            let ids: Vec<String> = refs.products.iter().map(|(_, s)| s.clone()).collect();
+            let known = self.inner.catalog.category_paths(&ids).await?;
+            for (field, id) in &refs.products {
+                if !known.contains_key(id) {
+                    v.add(field.clone(), format!("no product {id}"));
+                }
+            }
+        }
+        if !refs.categories.is_empty() {
+            let ids: Vec<String> = refs.categories.iter().map(|(_, s)| s.clone()).collect();
+            let known = self.inner.catalog.existing_categories(&ids).await?;
+            for (field, id) in &refs.categories {
+                if !known.contains(id) {
+                    v.add(field.clone(), format!("no category {id}"));
+                }
+            }
+        }
+        v.finish().map_err(PromotionError::Invalid)
+    }
+
+    pub async fn create(&self, input: PromotionInput) -> Result<Promotion, PromotionError> {
+        let (new, refs) = input
+            .validate(self.default_currency())
+            .map_err(PromotionError::Invalid)?;
+        self.check_references(&refs).await?;
+        let id = PromotionId::new();
+        match self.inner.store.insert(id.as_str(), &new, self.now()).await {
+            Ok(()) => {}
+            Err(e) if e.is_unique_violation() => {
+                return Err(PromotionError::CodeTaken(new.code.unwrap_or_default()));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.get(id.as_str()).await
+    }
+
+    async fn record(&self, id: &str) -> Result<PromotionRecord, PromotionError> {
+        if !mercato_kernel::id::is_valid(PromotionId::PREFIX, id) {
+            return Err(PromotionError::NotFound);
+        }
+        self.inner
+            .store
+            .get(id)
+            .await?
+            .ok_or(PromotionError::NotFound)
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Promotion, PromotionError> {
+        Ok(self.record(id).await?.view())
+    }
+
+    /// Newest first; `limit + 1` rows for the pager.
+    pub async fn list(
+        &self,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Promotion>, PromotionError> {
+        Ok(self
+            .inner
+            .store
+            .list(after, limit)
+            .await?
+            .iter()
+            .map(PromotionRecord::view)
+            .collect())
+    }
+
+    pub async fn update(
+        &self,
+        id: &str,
+        patch: PromotionPatch,
+    ) -> Result<Promotion, PromotionError> {
+        let current = self.record(id).await?;
+        let next = patch
+            .apply(&current.fields)
+            .map_err(PromotionError::Invalid)?;
+        self.inner
+            .store
+            .update(id, &next, self.now())
+            .await?
+            .map(|r| r.view())
+            .ok_or(PromotionError::NotFound)
+    }
+
+    /// A promotion's redemptions, newest first (`limit + 1` rows for the pager).
+    pub async fn redemptions(
+        &self,
+        id: &str,
+        after: Option<(i64, String)>,
+        limit: u32,
+    ) -> Result<Vec<Redemption>, PromotionError> {
+        let p = self.record(id).await?;
+        Ok(self
+            .inner
+            .store
+            .redemptions(id, p.fields.currency, after, limit)
+            .await?)
+    }
+
+    /// The discounts a cart would get now with `coupon_code` (if any) and the automatic
+    /// promotions: evaluated on the cart's purchasable lines at their current prices; nothing is
+    /// reserved. The per-customer limit is the cart owner's (unknown for a guest cart, whose
+    /// buyer checkout identifies). A coupon that cannot be used is an error with its stable
+    /// code.
+    pub async fn preview(
+        &self,
+        cart: &Cart,
+        coupon_code: Option<&str>,
+    ) -> Result<Discounts, PromotionError> {
+        let currency = Currency::parse(&cart.currency).unwrap_or(self.default_currency());
+        // Taken as sent: an empty or padded code is not a code (the schema's pattern).
+        let product_ids: Vec<String> = cart
+            .items
+            .iter()
+            .filter_map(|i| i.product_id.clone())
+            .collect();
+        let paths = if product_ids.is_empty() {
+            Default::default()
+        } else {
+            self.inner.catalog.category_paths(&product_ids).await?
+        };
+        let lines: Vec<Line> = cart
+            .items
+            .iter()
+            .filter(|i| {
+                !i.warnings.iter().any(|w| w == "unavailable") && i.unit_price.currency == currency
+            })
+            .filter_map(|i| {
+                let product_id = i.product_id.clone()?;
+                Some(Line {
+                    sku: i.sku.clone(),
+                    category_ids: paths.get(&product_id).cloned().unwrap_or_default(),
+                    product_id,
+                    quantity: i.quantity,
+                    unit_price: i.unit_price.amount,
+                })
+            })
+            .collect();
+        let basket = Basket {
+            currency,
+            lines,
+            shipping: None,
+            now: self.now(),
+        };
+        let automatic = self.inner.store.automatic(currency).await?;
+        let coupon = match coupon_code {
+            None => None,
+            Some(code) => {
+                if !super::model::valid_code(code) {
+                    // Not echoed: it is not a code at all.
+                    return Err(PromotionError::Coupon(
+                        Code::CouponInvalid,
+                        "there is no such coupon".into(),
+                    ));
+                }
+                match self.inner.store.by_code(code).await? {
+                    Some(p) if !p.fields.automatic => Some(p),
+                    _ => return Err(coupon_invalid(code)),
+                }
+            }
+        };
+        let customer = cart.user_id.clone();
+        let mut ids: Vec<String> = automatic.iter().map(|p| p.id.clone()).collect();
+        ids.extend(coupon.iter().map(|p| p.id.clone()));
+        let uses = match &customer {
+            Some(c) => self.inner.store.customer_uses(c, &ids).await?,
+            None => Default::default(),
+        };
+        let offer = |p: &PromotionRecord| -> Offer {
+            let mine = customer
+                .as_ref()
+                .map(|_| uses.get(&p.id).copied().unwrap_or(0));
+            p.offer(mine)
+        };
+        let offers: Vec<Offer> = automatic.iter().map(offer).collect();
+        let coupon_offer = coupon.as_ref().map(offer);
+        let e = evaluate(&basket, &offers, coupon_offer.as_ref());
+        let code = coupon_code.unwrap_or_default();
+        match e.coupon {
+            CouponOutcome::None | CouponOutcome::Applied => {}
+            CouponOutcome::Invalid => return Err(coupon_invalid(code)),
+            CouponOutcome::Expired => {
+                return Err(PromotionError::Coupon(
+                    Code::CouponExpired,
+                    format!("the coupon {code} is not valid at this time"),
+                ));
+            }
+            CouponOutcome::Exhausted => {
+                return Err(PromotionError::Coupon(
+                    Code::CouponExhausted,
+                    format!("the coupon {code} has reached its usage limit"),
+                ));
+            }
+            CouponOutcome::NotApplicable(reason) => {
+                return Err(PromotionError::Coupon(
+                    Code::CouponNotApplicable,
+                    format!("the coupon {code} does not apply to this cart: {reason}"),
+                ));
+            }
+            CouponOutcome::Superseded => {
+                return Err(PromotionError::Coupon(
+                    Code::CouponNotApplicable,
+                    format!(
+                        "the coupon {code} does not combine with a better offer that already applies"
+                    ),
+                ));
+            }
+        }
+        Ok(Discounts::of(&e, currency))
+    }
+
+    /// Reserves one use of a promotion for a checkout (see [`PromotionStore::reserve_tx`]); on
+    /// `Err(Exhausted)` the caller rolls back.
+    pub async fn reserve_tx(
+        tx: &mut Tx,
+        promotion_id: &str,
+        checkout_id: &str,
+        customer_id: &str,
+        amount: i64,
+        now: Timestamp,
+    ) -> StoreResult<Result<Redemption, Exhausted>> {
+        PromotionStore::reserve_tx(tx, promotion_id, checkout_id, customer_id, amount, now).await
+    }
+
+    /// Commits the checkout's reserved uses (paid).
+    pub async fn commit_tx(
+        tx: &mut Tx,
+        checkout_id: &str,
+        order_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Redemption>> {
+        PromotionStore::commit_tx(tx, checkout_id, order_id, now).await
+    }
+
+    /// Releases the checkout's uses (failed, expired, or cancelled before shipping).
+    pub async fn release_tx(
+        tx: &mut Tx,
+        checkout_id: &str,
+        now: Timestamp,
+    ) -> StoreResult<Vec<Redemption>> {
+        PromotionStore::release_tx(tx, checkout_id, now).await
+    }
+}
+
+fn coupon_invalid(code: &str) -> PromotionError {
+    PromotionError::Coupon(
+        Code::CouponInvalid,
+        format!("there is no active coupon {code}"),
+    )
+}
