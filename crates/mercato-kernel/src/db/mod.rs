@@ -123,8 +123,10 @@ impl Tx {
                 }
                 sql.push(')');
             }
-            sql.push(' ');
-            sql.push_str(suffix);
+            if !suffix.is_empty() {
+                sql.push(' ');
+                sql.push_str(suffix);
+            }
             let mut q = sqlx::query(&sql);
             for row in chunk {
                 for cell in row {
@@ -143,49 +145,22 @@ impl Tx {
     /// Writes the queued rows ([`Tx::append_row`]).
     async fn flush_appended(&mut self) -> Result<(), sqlx::Error> {
         let rows = std::mem::take(&mut self.appended);
-        let mut i = 0;
-        while i < rows.len() {
-            let prefix = rows[i].prefix;
-            let width = rows[i].cells.len();
-            let mut j = i;
-            while j < rows.len()
-                && j - i < APPEND_CHUNK
-                && rows[j].prefix == prefix
-                && rows[j].cells.len() == width
+        let mut run: Vec<Vec<Cell>> = Vec::new();
+        let mut prefix: Option<&'static str> = None;
+        for row in rows {
+            // A run is the consecutive rows of one table and width.
+            if prefix != Some(row.prefix) || run.first().is_some_and(|r| r.len() != row.cells.len())
             {
-                j += 1;
-            }
-            let mut sql = String::with_capacity(prefix.len() + (j - i) * width * 5);
-            sql.push_str(prefix);
-            sql.push_str(" VALUES ");
-            let mut n = 0;
-            for k in 0..(j - i) {
-                if k > 0 {
-                    sql.push(',');
+                if let Some(p) = prefix {
+                    self.execute_rows(p, "", &run).await?;
                 }
-                sql.push('(');
-                for c in 0..width {
-                    if c > 0 {
-                        sql.push(',');
-                    }
-                    n += 1;
-                    sql.push('$');
-                    sql.push_str(&n.to_string());
-                }
-                sql.push(')');
+                run.clear();
+                prefix = Some(row.prefix);
             }
-            let mut q = sqlx::query(&sql);
-            for row in &rows[i..j] {
-                for cell in &row.cells {
-                    q = match cell {
-                        Cell::Int(v) => q.bind(*v),
-                        Cell::Text(v) => q.bind(v.clone()),
-                        Cell::OptText(v) => q.bind(v.clone()),
-                    };
-                }
-            }
-            q.execute(&mut **self).await?;
-            i = j;
+            run.push(row.cells);
+        }
+        if let Some(p) = prefix {
+            self.execute_rows(p, "", &run).await?;
         }
         Ok(())
     }

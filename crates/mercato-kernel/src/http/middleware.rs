@@ -75,9 +75,7 @@ pub fn apply_middleware<S: Clone + Send + Sync + 'static>(
             request_id(req, next, trust_xff)
         }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send + 'static>| {
-                ApiError::new(Code::Internal).into_response()
-            },
+            panic_answer,
         ))
 }
 
@@ -145,10 +143,13 @@ pub fn apply_thin_middleware<S: Clone + Send + Sync + 'static>(
             }
         }))
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(
-            |_: Box<dyn std::any::Any + Send + 'static>| {
-                ApiError::new(Code::Internal).into_response()
-            },
+            panic_answer,
         ))
+}
+
+/// What a request whose handler panicked answers: a 500 problem, never a dropped connection.
+fn panic_answer(_: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    ApiError::new(Code::Internal).into_response()
 }
 
 fn client_ip(req: &Request, trust_xff: bool) -> IpAddr {
