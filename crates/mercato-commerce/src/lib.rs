@@ -70,9 +70,11 @@ impl AppState {
             cart::CartService::new(kernel.clone(), catalog.clone(), Arc::new(inventory.clone()));
         let identity =
             identity::IdentityService::new(kernel.clone(), jwt_secret, Arc::new(carts.clone()))?;
+        let promotions = promotions::PromotionService::new(kernel.clone(), catalog.clone());
         let checkout = checkout::CheckoutService::new(
             kernel.clone(),
             checkout::service::Parts {
+                promotions: promotions.clone(),
                 carts: carts.clone(),
                 catalog: catalog.clone(),
                 identity: identity.clone(),
@@ -81,7 +83,6 @@ impl AppState {
             },
         )?;
         let search = search::SearchService::new(kernel.clone(), catalog.clone());
-        let promotions = promotions::PromotionService::new(kernel.clone(), catalog.clone());
         kernel
             .bus
             .subscribe(Arc::new(orders::OrderFlagger(orders.clone())));

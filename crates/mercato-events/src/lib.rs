@@ -134,6 +134,8 @@ registry! {
     LinkCreated => links::LinkCreated,
     LinkUpdated => links::LinkUpdated,
     LinkDeleted => links::LinkDeleted,
+    PromotionRedeemed => promotions::PromotionRedeemed,
+    PromotionReleased => promotions::PromotionReleased,
 }
 
 #[cfg(test)]

@@ -170,6 +170,16 @@ fn samples() -> Vec<(&'static str, Value)> {
             "link.deleted",
             json!({"link_id": "lnk_1", "code": "aB3dE5f", "owner_id": "usr_1"}),
         ),
+        (
+            "promotion.redeemed",
+            json!({"promotion_id": "prm_1", "redemption_id": "rdm_1", "checkout_id": "chk_1",
+                   "order_id": "ord_1", "customer_id": "usr_1", "amount": usd(200)}),
+        ),
+        (
+            "promotion.released",
+            json!({"promotion_id": "prm_1", "redemption_id": "rdm_1", "checkout_id": "chk_1",
+                   "customer_id": "usr_1", "amount": usd(200), "from": "reserved"}),
+        ),
     ]
 }
 

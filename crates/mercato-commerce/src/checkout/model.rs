@@ -1,6 +1,7 @@
 //! Checkout and saga states and shapes.
 
 use crate::inventory::model::Reservation;
+use crate::promotions::model::DiscountView;
 use mercato_kernel::{Money, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -66,6 +67,10 @@ pub struct CheckoutLine {
     pub unit_price: Money,
     pub line_total: Money,
     pub tax: Money,
+    /// This line's part of the promotions' discounts (tax is on `line_total - discount`);
+    /// absent on checkouts created before promotions applied.
+    #[serde(default)]
+    pub discount: Option<Money>,
     pub seller_id: String,
 }
 
@@ -76,7 +81,10 @@ pub struct Checkout {
     pub cart_id: String,
     pub items: Vec<CheckoutLine>,
     pub subtotal: Money,
+    /// Total off (goods and shipping): `total = subtotal + shipping + tax - discount`.
     pub discount: Money,
+    /// What each promotion took off, and from which lines.
+    pub discounts: Vec<DiscountView>,
     pub shipping: Money,
     pub tax: Money,
     pub total: Money,

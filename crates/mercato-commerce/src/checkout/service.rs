@@ -1,7 +1,10 @@
 //! The checkout saga (orchestrated, persisted).
 //!
-//! `create` re-validates the cart, prices it, and reserves stock (all lines or none) in one
-//! transaction. `pay` runs the saga for one attempt: intent (payment `initiated`, saga
+//! `create` re-validates the cart, prices it, applies the promotions (sale price → automatic →
+//! coupon; tax on the discounted lines), and in one transaction reserves the stock (all lines
+//! or none) and one use of each applied promotion. Promotion uses follow the stock: committed
+//! with it when the order is created, released with it on supersession, fraud block, decline,
+//! expiry and reconciliation (docs/promotions.md). `pay` runs the saga for one attempt: intent (payment `initiated`, saga
 //! `running`, steps logged) is committed before the gateway is called; the outcome is then
 //! settled in ONE local transaction — capture recorded, order created confirmed, stock
 //! committed, cart converted, events written, idempotent response stored — so there is no
@@ -27,7 +30,11 @@ use crate::orders::model::{OrderEvent, OrderItem, OrderStatus};
 use crate::orders::store::NewOrder;
 use crate::payments::store::PaymentRow;
 use crate::payments::{PaymentService, Resolution};
-use crate::pricing::{PriceBook, quote};
+use crate::pricing::{PriceBook, quote_discounted};
+use crate::promotions::Exhausted;
+use crate::promotions::PromotionService;
+use crate::promotions::model::Discounts;
+use crate::promotions::service::BasketLine;
 use axum::http::StatusCode;
 use mercato_events::checkout::{CheckoutExpired, CheckoutStarted};
 use mercato_events::fraud::FraudFlagged;
@@ -145,12 +152,14 @@ struct Inner {
     identity: IdentityService,
     payments: PaymentService,
     orders: OrderService,
+    promotions: PromotionService,
     fraud: FraudService,
     prices: PriceBook,
 }
 
 /// The dependencies a checkout orchestrates.
 pub struct Parts {
+    pub promotions: PromotionService,
     pub carts: CartService,
     pub catalog: CatalogService,
     pub identity: IdentityService,
@@ -167,6 +176,7 @@ impl CheckoutService {
                 store: CheckoutStore::new(kernel.db.clone()),
                 fraud: FraudService::new(&kernel),
                 kernel,
+                promotions: parts.promotions,
                 carts: parts.carts,
                 catalog: parts.catalog,
                 identity: parts.identity,
@@ -196,6 +206,7 @@ impl CheckoutService {
             items: c.lines,
             subtotal: c.subtotal,
             discount: c.discount,
+            discounts: c.discounts,
             shipping: c.shipping,
             tax: c.tax,
             total: c.total,
@@ -233,8 +244,9 @@ impl CheckoutService {
         self.render(c).await
     }
 
-    /// Validates the cart, prices it, reserves its stock (all or nothing) and locks prices
-    /// until `expires_at`. A newer checkout of the same cart supersedes (and releases) older
+    /// Validates the cart, prices it with its promotions, reserves its stock (all or nothing)
+    /// and one use of each applied promotion, and locks prices and discounts until
+    /// `expires_at`. A newer checkout of the same cart supersedes (and releases) older
     /// open ones.
     ///
     /// Without a principal it is a guest checkout (API.md "Guest checkout"): `email` is
@@ -271,17 +283,6 @@ impl CheckoutService {
             })?,
         };
         let who = &buyer;
-        if req
-            .coupon_code
-            .as_deref()
-            .is_some_and(|c| !c.trim().is_empty())
-        {
-            return Err(api(
-                ApiError::new(Code::CouponInvalid).detail(
-                    "checkout does not apply coupons yet (a cart previews them: GET /carts/{id}?coupon_code=…)",
-                )
-            ));
-        }
         let address = match (&req.shipping_address_id, req.shipping_address.clone()) {
             (Some(_), Some(_)) | (None, None) => {
                 return Err(api(ApiError::invalid(
@@ -372,15 +373,7 @@ impl CheckoutService {
             }
             priced.push((sku.clone(), *q, info.unit_price));
         }
-        let q = quote(
-            &self.inner.prices,
-            currency,
-            &priced,
-            &address.country,
-            address.region.as_deref(),
-            &method,
-        )
-        .map_err(|e| match e {
+        let pricing_error = |e: crate::pricing::PricingError| match e {
             crate::pricing::PricingError::NoShipping { .. } => api(ApiError::invalid(
                 "shipping_method",
                 format!(
@@ -390,7 +383,53 @@ impl CheckoutService {
                 ),
             )),
             other => CheckoutError::Unexpected(anyhow::anyhow!("{other}")),
-        })?;
+        };
+        let shipping = self
+            .inner
+            .prices
+            .shipping(&method, &address.country, currency)
+            .map_err(pricing_error)?;
+        // Sale price → automatic promotions → coupon, with the real shipping cost (free
+        // shipping competes at its value). The per-customer limit of a guest is its email's.
+        let promo_customer = match &guest {
+            Some(g) => format!("guest:{}", g.email.to_ascii_lowercase()),
+            None => user_id.clone(),
+        };
+        let basket: Vec<BasketLine> = priced
+            .iter()
+            .map(|(sku, quantity, unit)| BasketLine {
+                sku: sku.clone(),
+                product_id: infos
+                    .get(sku)
+                    .map(|i| i.product_id.clone())
+                    .unwrap_or_default(),
+                quantity: *quantity,
+                unit_price: unit.amount,
+            })
+            .collect();
+        let evaluation = self
+            .inner
+            .promotions
+            .evaluate_lines(
+                currency,
+                basket,
+                Some(shipping.amount),
+                Some(promo_customer.as_str()),
+                req.coupon_code.as_deref(),
+            )
+            .await
+            .map_err(api)?;
+        let q = quote_discounted(
+            &self.inner.prices,
+            currency,
+            &priced,
+            &evaluation.line_discounts,
+            Money::new(evaluation.shipping_discount, currency),
+            shipping,
+            &address.country,
+            address.region.as_deref(),
+        )
+        .map_err(pricing_error)?;
         let now = self.now();
         let ttl = self.inner.kernel.settings.checkout_ttl_secs;
         let id = CheckoutId::new().into_string();
@@ -414,12 +453,14 @@ impl CheckoutService {
                         unit_price: l.unit_price,
                         line_total: l.line_total,
                         tax: l.tax,
+                        discount: Some(l.discount),
                         seller_id: info.seller_id.clone(),
                     })
                 })
                 .collect(),
             subtotal: q.subtotal,
             discount: q.discount,
+            discounts: Discounts::of(&evaluation, currency).discounts,
             shipping: q.shipping,
             tax: q.tax,
             total: q.total,
@@ -459,6 +500,7 @@ impl CheckoutService {
                     now,
                 )
                 .await?;
+                PromotionService::release_tx(&mut tx, &old, now).await?;
             }
         }
         CheckoutStore::insert_tx(&mut tx, &row).await?;
@@ -489,6 +531,35 @@ impl CheckoutService {
                     .with("sku", sku)
                     .with("requested", requested)
                     .with("available", available)));
+            }
+        }
+        // One use (and its amount of the budget) per applied promotion, counted like the
+        // stock above: a conditional UPDATE that fails when a concurrent checkout took the last
+        // use. The coupon then answers coupon_exhausted; an automatic promotion that ran out
+        // between evaluation and here answers 409 so the client retries and is priced without
+        // it (the customer never pays a price they were not shown).
+        for a in &evaluation.applied {
+            let reserved = PromotionService::reserve_tx(
+                &mut tx,
+                &a.promotion_id,
+                &id,
+                &promo_customer,
+                a.value(),
+                now,
+            )
+            .await?;
+            if let Err(why) = reserved {
+                tx.rollback().await?;
+                return Err(api(match (&a.code, why) {
+                    (Some(code), Exhausted::Unavailable) => ApiError::new(Code::CouponInvalid)
+                        .detail(format!("the coupon {code} is no longer active")),
+                    (Some(code), _) => ApiError::new(Code::CouponExhausted)
+                        .detail(format!("the coupon {code} has reached its usage limit")),
+                    (None, _) => ApiError::new(Code::Conflict).detail(format!(
+                        "the promotion {} ran out while this checkout was being created; retry",
+                        a.name
+                    )),
+                }));
             }
         }
         outbox::append(
@@ -569,6 +640,7 @@ impl CheckoutService {
             currency: c.currency,
             subtotal: c.subtotal.amount,
             discount: c.discount.amount,
+            discounts: c.discounts.clone(),
             shipping: c.shipping.amount,
             tax: c.tax.amount,
             total: c.total.amount,
@@ -595,6 +667,7 @@ impl CheckoutService {
                     unit_price: l.unit_price,
                     line_total: l.line_total,
                     tax: l.tax,
+                    discount: l.discount.unwrap_or(Money::zero(c.currency)),
                     seller_id: l.seller_id.clone(),
                     returned_quantity: 0,
                 })
@@ -845,6 +918,7 @@ impl CheckoutService {
                 now,
             )
             .await?;
+            PromotionService::release_tx(&mut tx, &c.id, now).await?;
             CheckoutStore::step_tx(&mut tx, &saga.id, "release_stock", "compensated", None, now)
                 .await?;
             CheckoutStore::set_status_tx(
@@ -1152,6 +1226,7 @@ impl CheckoutService {
         // order): the payment must point at its order.
         crate::payments::store::PaymentStore::set_order_tx(&mut tx, &payment.id, &order_id).await?;
         InventoryService::commit_tx(&mut tx, &c.id, &order_id, "system", now).await?;
+        PromotionService::commit_tx(&mut tx, &c.id, &order_id, now).await?;
         CartStore::mark_converted(&mut tx, &c.cart_id, now).await?;
         CheckoutStore::set_status_tx(
             &mut tx,
@@ -1279,6 +1354,7 @@ impl CheckoutService {
             now,
         )
         .await?;
+        PromotionService::release_tx(&mut tx, &c.id, now).await?;
         CheckoutStore::step_tx(&mut tx, saga_id, "release_stock", "compensated", None, now).await?;
         if let Some((oid, _, OrderStatus::Pending)) =
             OrderService::by_checkout_tx(&mut tx, &c.id).await?
@@ -1511,6 +1587,7 @@ impl CheckoutService {
             now,
         )
         .await?;
+        PromotionService::release_tx(&mut tx, id, now).await?;
         outbox::append(
             &mut tx,
             now,
@@ -1638,6 +1715,11 @@ impl CheckoutService {
                         now,
                     )
                     .await?;
+                    // Release gives committed uses back too (a cancelled order's): a completed
+                    // checkout's uses belong to its order and are left alone.
+                    if status != "completed" {
+                        PromotionService::release_tx(&mut tx, &id, now).await?;
+                    }
                     tx.commit().await?;
                     if !n.is_empty() {
                         tracing::warn!(checkout = %id, "released reservations of a dead checkout");

@@ -3,6 +3,7 @@
 //! settle a checkout and exactly one of them wins.
 
 use super::model::{CheckoutLine, CheckoutStatus, SagaStep};
+use crate::promotions::model::DiscountView;
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx};
 use mercato_kernel::{Currency, Money, Timestamp};
 use serde_json::Value;
@@ -23,6 +24,8 @@ pub struct CheckoutRow {
     pub lines: Vec<CheckoutLine>,
     pub subtotal: Money,
     pub discount: Money,
+    /// What each promotion took off, locked with the prices.
+    pub discounts: Vec<DiscountView>,
     pub shipping: Money,
     pub tax: Money,
     pub total: Money,
@@ -67,7 +70,7 @@ fn g(e: sqlx::Error) -> StoreError {
 }
 
 const CHECKOUT_COLUMNS: &str = "id, customer_id, cart_id, status, currency, lines, subtotal, discount, shipping, tax, \
-    total, shipping_address, shipping_method, attempts, order_id, payment_id, failure_code, expires_at, created_at, updated_at, guest_email, guest_token, attribution";
+    total, shipping_address, shipping_method, attempts, order_id, payment_id, failure_code, expires_at, created_at, updated_at, guest_email, guest_token, attribution, discounts";
 const SAGA_COLUMNS: &str =
     "id, checkout_id, attempt, status, step, payment_id, order_id, error, created_at, updated_at";
 
@@ -88,6 +91,10 @@ fn checkout_of(r: &Row) -> StoreResult<CheckoutRow> {
         lines: serde_json::from_str(&lines).map_err(|e| StoreError::Other(e.into()))?,
         subtotal: m("subtotal")?,
         discount: m("discount")?,
+        discounts: {
+            let d: String = r.try_get("discounts").map_err(g)?;
+            serde_json::from_str(&d).map_err(|e| StoreError::Other(e.into()))?
+        },
         shipping: m("shipping")?,
         tax: m("tax")?,
         total: m("total")?,
@@ -139,8 +146,8 @@ impl CheckoutStore {
         sqlx::query(
             "INSERT INTO checkouts (id, customer_id, cart_id, status, currency, lines, subtotal, discount, shipping, \
              tax, total, shipping_address, shipping_method, attempts, expires_at, created_at, updated_at, \
-             guest_email, guest_token, attribution) \
-             VALUES ($1,$2,$3,'open',$4,$5,$6,$7,$8,$9,$10,$11,$12,0,$13,$14,$14,$15,$16,$17)",
+             guest_email, guest_token, attribution, discounts) \
+             VALUES ($1,$2,$3,'open',$4,$5,$6,$7,$8,$9,$10,$11,$12,0,$13,$14,$14,$15,$16,$17,$18)",
         )
         .bind(&c.id)
         .bind(&c.customer_id)
@@ -159,6 +166,7 @@ impl CheckoutStore {
         .bind(c.guest.as_ref().map(|g| g.email.as_str()))
         .bind(c.guest.as_ref().map(|g| g.token.as_str()))
         .bind(c.attribution.as_deref())
+        .bind(serde_json::to_string(&c.discounts).map_err(|e| StoreError::Other(e.into()))?)
         .execute(&mut **tx)
         .await?;
         Ok(())

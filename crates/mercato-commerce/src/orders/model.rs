@@ -1,5 +1,6 @@
 //! The order state machine (one table, here and nowhere else) and the order's shapes.
 
+use crate::promotions::model::DiscountView;
 use mercato_kernel::{Money, Timestamp};
 use serde::{Deserialize, Serialize};
 
@@ -150,6 +151,9 @@ pub struct OrderItem {
     pub unit_price: Money,
     pub line_total: Money,
     pub tax: Money,
+    /// This line's part of the promotions' discounts: the customer paid
+    /// `line_total - discount` (plus `tax`) for it, and a return refunds in proportion.
+    pub discount: Money,
     pub seller_id: String,
     /// Units returned so far.
     pub returned_quantity: i64,
@@ -190,7 +194,10 @@ pub struct Order {
     pub checkout_id: String,
     pub items: Vec<OrderItem>,
     pub subtotal: Money,
+    /// Total off (goods and shipping): `total = subtotal + shipping + tax - discount`.
     pub discount: Money,
+    /// What each promotion took off, as locked by the checkout.
+    pub discounts: Vec<DiscountView>,
     pub shipping: Money,
     pub tax: Money,
     pub total: Money,

@@ -244,6 +244,7 @@ impl OrderService {
             items,
             subtotal: o.subtotal,
             discount: o.discount,
+            discounts: o.discounts,
             shipping: o.shipping,
             tax: o.tax,
             total: o.total,
@@ -486,6 +487,9 @@ impl OrderService {
             }));
         }
         let mut refund = None;
+        // Cancelled before shipping (the status machine allows nothing later): the order's
+        // promotion uses go back, like its stock.
+        crate::promotions::PromotionService::release_tx(&mut tx, &o.checkout_id, now).await?;
         match o.status {
             OrderStatus::Pending => {
                 InventoryService::release_tx(
@@ -671,8 +675,9 @@ impl OrderService {
         Ok(r)
     }
 
-    /// The refund owed for returned units: their line price plus their share of the line's
-    /// tax (shipping is not refunded), half-even.
+    /// The refund owed for returned units: what was paid for them — their share of the line's
+    /// discounted price (`line_total - discount`) plus their share of the line's tax (shipping
+    /// is not refunded), each share half-even. Returning every unit refunds the line exactly.
     pub fn refund_for(
         items: &[OrderItem],
         lines: &[ReturnLine],
@@ -681,7 +686,12 @@ impl OrderService {
         let mut total = 0i64;
         for l in lines {
             if let Some(it) = items.iter().find(|i| i.sku == l.sku) {
-                let goods = it.unit_price.amount.saturating_mul(l.quantity);
+                let paid = it.line_total.amount.saturating_sub(it.discount.amount);
+                let goods = div_round_half_even(
+                    i128::from(paid) * i128::from(l.quantity),
+                    i128::from(it.quantity.max(1)),
+                )
+                .unwrap_or(0);
                 let tax = div_round_half_even(
                     i128::from(it.tax.amount) * i128::from(l.quantity),
                     i128::from(it.quantity.max(1)),

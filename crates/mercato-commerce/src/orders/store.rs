@@ -3,6 +3,7 @@
 //! both apply; each writes its history entry and its event in the same transaction.
 
 use super::model::{HistoryEntry, OrderEvent, OrderItem, OrderStatus, ReturnLine, ReturnRequest};
+use crate::promotions::model::DiscountView;
 use mercato_events::orders::{GuestBuyer, OrderConfirmed, OrderCreated, OrderLine, OrderSummary};
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx, bool_of, int_of};
 use mercato_kernel::outbox::{self, NewEvent};
@@ -25,6 +26,8 @@ pub struct OrderRow {
     pub currency: Currency,
     pub subtotal: Money,
     pub discount: Money,
+    /// The checkout's breakdown of what each promotion took off.
+    pub discounts: Vec<DiscountView>,
     pub shipping: Money,
     pub tax: Money,
     pub total: Money,
@@ -55,6 +58,7 @@ pub struct NewOrder {
     pub currency: Currency,
     pub subtotal: i64,
     pub discount: i64,
+    pub discounts: Vec<DiscountView>,
     pub shipping: i64,
     pub tax: i64,
     pub total: i64,
@@ -85,7 +89,7 @@ fn g(e: sqlx::Error) -> StoreError {
 
 const ORDER_COLUMNS: &str = "id, order_number, customer_id, checkout_id, status, currency, subtotal, discount, \
     shipping, tax, total, shipping_address, shipping_method, payment_id, flagged_for_review, carrier, \
-    tracking_number, shipped_at, delivered_at, version, created_at, updated_at, guest_email, guest_token, attribution";
+    tracking_number, shipped_at, delivered_at, version, created_at, updated_at, guest_email, guest_token, attribution, discounts";
 
 fn order_of(r: &Row) -> StoreResult<OrderRow> {
     let currency: String = r.try_get("currency").map_err(g)?;
@@ -108,6 +112,8 @@ fn order_of(r: &Row) -> StoreResult<OrderRow> {
         currency,
         subtotal: m("subtotal")?,
         discount: m("discount")?,
+        discounts: serde_json::from_str(&r.try_get::<String, _>("discounts").map_err(g)?)
+            .map_err(|e| StoreError::Other(e.into()))?,
         shipping: m("shipping")?,
         tax: m("tax")?,
         total: m("total")?,
@@ -148,6 +154,7 @@ fn item_of(r: &Row, currency: Currency) -> StoreResult<OrderItem> {
         unit_price: m("unit_price")?,
         line_total: m("line_total")?,
         tax: m("tax")?,
+        discount: m("discount")?,
         seller_id: r.try_get("seller_id").map_err(g)?,
         returned_quantity: r.try_get("returned_quantity").map_err(g)?,
     })
@@ -344,8 +351,8 @@ impl OrderStore {
         let row = sqlx::query(&format!(
             "INSERT INTO orders (id, order_number, customer_id, checkout_id, status, currency, subtotal, discount, \
              shipping, tax, total, shipping_address, shipping_method, payment_id, flagged_for_review, version, \
-             created_at, updated_at, guest_email, guest_token, attribution) \
-             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,0,1,$15,$15,$16,$17,$18) \
+             created_at, updated_at, guest_email, guest_token, attribution, discounts) \
+             VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12,$13,$14,0,1,$15,$15,$16,$17,$18,$19) \
              RETURNING {ORDER_COLUMNS}"
         ))
         .bind(&o.id)
@@ -366,6 +373,7 @@ impl OrderStore {
         .bind(o.guest.as_ref().map(|g| g.email.as_str()))
         .bind(o.guest.as_ref().map(|g| g.token.as_str()))
         .bind(o.attribution.as_deref())
+        .bind(serde_json::to_string(&o.discounts).map_err(|e| StoreError::Other(e.into()))?)
         .fetch_one(&mut **tx)
         .await?;
         use mercato_kernel::db::Cell;
@@ -373,7 +381,7 @@ impl OrderStore {
             // Written at commit, with the order's other items, in one statement.
             tx.append_row(
                 "INSERT INTO order_items (order_id, sku, variant_id, product_id, name, quantity, unit_price, \
-                 line_total, tax, seller_id, returned_quantity)",
+                 line_total, tax, seller_id, returned_quantity, discount)",
                 vec![
                     Cell::Text(o.id.clone()),
                     Cell::Text(i.sku.clone()),
@@ -386,6 +394,7 @@ impl OrderStore {
                     Cell::Int(i.tax.amount),
                     Cell::Text(i.seller_id.clone()),
                     Cell::Int(0),
+                    Cell::Int(i.discount.amount),
                 ],
             );
         }
@@ -517,7 +526,7 @@ impl OrderStore {
     pub async fn items(&self, order_id: &str, currency: Currency) -> StoreResult<Vec<OrderItem>> {
         sqlx::query(
             "SELECT sku, variant_id, product_id, name, quantity, unit_price, line_total, tax, seller_id, \
-             returned_quantity FROM order_items WHERE order_id = $1 ORDER BY sku",
+             returned_quantity, discount FROM order_items WHERE order_id = $1 ORDER BY sku",
         )
         .bind(order_id)
         .fetch_all(self.db.reader())
@@ -534,7 +543,7 @@ impl OrderStore {
     ) -> StoreResult<Vec<OrderItem>> {
         sqlx::query(
             "SELECT sku, variant_id, product_id, name, quantity, unit_price, line_total, tax, seller_id, \
-             returned_quantity FROM order_items WHERE order_id = $1 ORDER BY sku",
+             returned_quantity, discount FROM order_items WHERE order_id = $1 ORDER BY sku",
         )
         .bind(order_id)
         .fetch_all(&mut **tx)

@@ -128,6 +128,8 @@ pub struct PricedLine {
     pub unit_price: Money,
     pub line_total: Money,
     pub tax: Money,
+    /// What promotions take off this line (tax is on `line_total - discount`).
+    pub discount: Money,
 }
 
 #[derive(Clone, Debug, Serialize, PartialEq, Eq, utoipa::ToSchema)]
@@ -149,25 +151,68 @@ pub fn quote(
     region: Option<&str>,
     method: &str,
 ) -> Result<Quote, PricingError> {
+    let shipping = book.shipping(method, country, currency)?;
+    quote_discounted(
+        book,
+        currency,
+        lines,
+        &vec![0; lines.len()],
+        Money::zero(currency),
+        shipping,
+        country,
+        region,
+    )
+}
+
+/// Prices `lines` with each line's discount (`line_discounts[i]`, minor units, already
+/// capped at the line by the promotions engine) and a discount off `shipping`. Tax is
+/// computed on what the customer pays for each line (its total less its discount), never on
+/// the discount. `discount` is the goods discount plus the shipping discount, so
+/// `total = subtotal + shipping + tax - discount`.
+#[allow(clippy::too_many_arguments)]
+pub fn quote_discounted(
+    book: &PriceBook,
+    currency: Currency,
+    lines: &[(String, i64, Money)],
+    line_discounts: &[i64],
+    shipping_discount: Money,
+    shipping: Money,
+    country: &str,
+    region: Option<&str>,
+) -> Result<Quote, PricingError> {
     let bps = book.tax_bps(country, region);
     let mut subtotal = Money::zero(currency);
     let mut tax = Money::zero(currency);
+    let mut discount = Money::zero(currency);
     let mut priced = Vec::with_capacity(lines.len());
-    for (sku, quantity, unit) in lines {
+    for (i, (sku, quantity, unit)) in lines.iter().enumerate() {
         let line_total = unit.checked_mul(*quantity)?;
-        let line_tax = line_total.percent_bps(bps)?;
+        let off = Money::new(
+            line_discounts
+                .get(i)
+                .copied()
+                .unwrap_or(0)
+                .clamp(0, line_total.amount.max(0)),
+            currency,
+        );
+        let line_tax = line_total.checked_sub(off)?.percent_bps(bps)?;
         subtotal = subtotal.checked_add(line_total)?;
         tax = tax.checked_add(line_tax)?;
+        discount = discount.checked_add(off)?;
         priced.push(PricedLine {
             sku: sku.clone(),
             quantity: *quantity,
             unit_price: *unit,
             line_total,
             tax: line_tax,
+            discount: off,
         });
     }
-    let shipping = book.shipping(method, country, currency)?;
-    let discount = Money::zero(currency);
+    let shipping_off = Money::new(
+        shipping_discount.amount.clamp(0, shipping.amount.max(0)),
+        currency,
+    );
+    let discount = discount.checked_add(shipping_off)?;
     let total = subtotal
         .checked_add(shipping)?
         .checked_add(tax)?

@@ -8,8 +8,11 @@
 //! `usage_limit`, `per_customer_limit` or `budget` under any concurrency. A cart preview
 //! evaluates without reserving anything.
 //!
-//! Not wired yet: checkout does not call `reserve_tx`/`commit_tx`/`release_tx`, so nothing emits
-//! `promotion.redeemed|released` yet (docs/promotions.md).
+//! Checkout evaluates with `PromotionService::evaluate_lines` and calls `reserve_tx` when it
+//! creates a checkout, `commit_tx` when the order is created from the captured payment and
+//! `release_tx` wherever it releases the checkout's stock; orders call `release_tx` when an
+//! order is cancelled. Emits `promotion.redeemed` (commit) and `promotion.released` (release)
+//! in those transactions (docs/promotions.md).
 
 pub mod http;
 pub mod model;

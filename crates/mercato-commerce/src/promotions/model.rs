@@ -1440,8 +1440,9 @@ pub struct Redemption {
     pub updated_at: Timestamp,
 }
 
-/// One promotion in a cart's (or checkout's) breakdown.
-#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+/// One promotion in a cart's (or checkout's, or order's) breakdown; stored as JSON on checkouts
+/// and orders.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct DiscountView {
     pub promotion_id: String,
     pub code: Option<String>,

@@ -1,15 +1,19 @@
 //! Promotion use cases: admin CRUD (with the references checked against the catalog), the
-//! redemption list, the cart preview, and the reserve/commit/release steps checkout will call.
+//! redemption list, the cart preview and checkout's evaluation, and the reserve/commit/release
+//! steps checkout and orders call inside their own transactions. Emits `promotion.redeemed`
+//! (commit) and `promotion.released` (release) in those same transactions.
 
 use super::model::{
-    Basket, CouponOutcome, Discounts, Line, Offer, Promotion, PromotionId, PromotionInput,
-    PromotionPatch, PromotionRecord, Redemption, References, evaluate,
+    Basket, CouponOutcome, Discounts, Evaluation, Line, Offer, Promotion, PromotionId,
+    PromotionInput, PromotionPatch, PromotionRecord, Redemption, References, evaluate,
 };
 use super::store::{Exhausted, PromotionStore};
 use crate::cart::model::Cart;
 use crate::catalog::CatalogService;
+use mercato_events::promotions::{PromotionRedeemed, PromotionReleased};
 use mercato_kernel::db::{StoreError, StoreResult, Tx};
 use mercato_kernel::error::{ApiError, Code, Validator};
+use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Currency, Kernel, Timestamp};
 use std::sync::Arc;
 
@@ -57,6 +61,16 @@ impl From<PromotionError> for ApiError {
             PromotionError::Unexpected(e) => ApiError::from(e),
         }
     }
+}
+
+/// A line to evaluate: what checkout and the cart preview know about it.
+#[derive(Clone, Debug)]
+pub struct BasketLine {
+    pub sku: String,
+    pub product_id: String,
+    pub quantity: i64,
+    /// Sale-aware, minor units.
+    pub unit_price: i64,
 }
 
 #[derive(Clone)]
@@ -212,41 +226,63 @@ impl PromotionService {
         coupon_code: Option<&str>,
     ) -> Result<Discounts, PromotionError> {
         let currency = Currency::parse(&cart.currency).unwrap_or(self.default_currency());
-        // Taken as sent: an empty or padded code is not a code (the schema's pattern).
-        let product_ids: Vec<String> = cart
-            .items
-            .iter()
-            .filter_map(|i| i.product_id.clone())
-            .collect();
-        let paths = if product_ids.is_empty() {
-            Default::default()
-        } else {
-            self.inner.catalog.category_paths(&product_ids).await?
-        };
-        let lines: Vec<Line> = cart
+        let lines: Vec<BasketLine> = cart
             .items
             .iter()
             .filter(|i| {
                 !i.warnings.iter().any(|w| w == "unavailable") && i.unit_price.currency == currency
             })
             .filter_map(|i| {
-                let product_id = i.product_id.clone()?;
-                Some(Line {
+                Some(BasketLine {
                     sku: i.sku.clone(),
-                    category_ids: paths.get(&product_id).cloned().unwrap_or_default(),
-                    product_id,
+                    product_id: i.product_id.clone()?,
                     quantity: i.quantity,
                     unit_price: i.unit_price.amount,
                 })
             })
             .collect();
+        let e = self
+            .evaluate_lines(currency, lines, None, cart.user_id.as_deref(), coupon_code)
+            .await?;
+        Ok(Discounts::of(&e, currency))
+    }
+
+    /// Evaluates `lines` (at their sale-aware unit prices) with the automatic promotions and
+    /// `coupon_code`, for `customer` (whose per-customer limits apply; `None`: unknown) and a
+    /// known `shipping` cost (`None` in a preview). Nothing is reserved. A coupon that cannot
+    /// be used is an error with its stable code; on success the coupon (if any) is applied.
+    pub async fn evaluate_lines(
+        &self,
+        currency: Currency,
+        lines: Vec<BasketLine>,
+        shipping: Option<i64>,
+        customer: Option<&str>,
+        coupon_code: Option<&str>,
+    ) -> Result<Evaluation, PromotionError> {
+        let product_ids: Vec<String> = lines.iter().map(|l| l.product_id.clone()).collect();
+        let paths = if product_ids.is_empty() {
+            Default::default()
+        } else {
+            self.inner.catalog.category_paths(&product_ids).await?
+        };
+        let lines: Vec<Line> = lines
+            .into_iter()
+            .map(|l| Line {
+                category_ids: paths.get(&l.product_id).cloned().unwrap_or_default(),
+                sku: l.sku,
+                product_id: l.product_id,
+                quantity: l.quantity,
+                unit_price: l.unit_price,
+            })
+            .collect();
         let basket = Basket {
             currency,
             lines,
-            shipping: None,
+            shipping,
             now: self.now(),
         };
         let automatic = self.inner.store.automatic(currency).await?;
+        // Taken as sent: an empty or padded code is not a code (the schema's pattern).
         let coupon = match coupon_code {
             None => None,
             Some(code) => {
@@ -263,7 +299,7 @@ impl PromotionService {
                 }
             }
         };
-        let customer = cart.user_id.clone();
+        let customer = customer.map(str::to_owned);
         let mut ids: Vec<String> = automatic.iter().map(|p| p.id.clone()).collect();
         ids.extend(coupon.iter().map(|p| p.id.clone()));
         let uses = match &customer {
@@ -310,7 +346,7 @@ impl PromotionService {
                 ));
             }
         }
-        Ok(Discounts::of(&e, currency))
+        Ok(e)
     }
 
     /// Reserves one use of a promotion for a checkout (see [`PromotionStore::reserve_tx`]); on
@@ -326,23 +362,62 @@ impl PromotionService {
         PromotionStore::reserve_tx(tx, promotion_id, checkout_id, customer_id, amount, now).await
     }
 
-    /// Commits the checkout's reserved uses (paid).
+    /// Commits the checkout's reserved uses (paid), with a `promotion.redeemed` event each.
     pub async fn commit_tx(
         tx: &mut Tx,
         checkout_id: &str,
         order_id: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<Redemption>> {
-        PromotionStore::commit_tx(tx, checkout_id, order_id, now).await
+        let out = PromotionStore::commit_tx(tx, checkout_id, order_id, now).await?;
+        for r in &out {
+            outbox::append(
+                tx,
+                now,
+                NewEvent::of(&PromotionRedeemed {
+                    promotion_id: r.promotion_id.clone(),
+                    redemption_id: r.id.clone(),
+                    checkout_id: r.checkout_id.clone(),
+                    order_id: order_id.to_owned(),
+                    customer_id: r.customer_id.clone(),
+                    amount: r.amount,
+                }),
+            )
+            .await?;
+        }
+        Ok(out)
     }
 
-    /// Releases the checkout's uses (failed, expired, or cancelled before shipping).
+    /// Releases the checkout's uses (superseded, failed, expired, or its order cancelled
+    /// before shipping), with a `promotion.released` event each. Idempotent.
     pub async fn release_tx(
         tx: &mut Tx,
         checkout_id: &str,
         now: Timestamp,
     ) -> StoreResult<Vec<Redemption>> {
-        PromotionStore::release_tx(tx, checkout_id, now).await
+        let out = PromotionStore::release_tx(tx, checkout_id, now).await?;
+        for r in &out {
+            outbox::append(
+                tx,
+                now,
+                NewEvent::of(&PromotionReleased {
+                    promotion_id: r.promotion_id.clone(),
+                    redemption_id: r.id.clone(),
+                    checkout_id: r.checkout_id.clone(),
+                    customer_id: r.customer_id.clone(),
+                    amount: r.amount,
+                    // Only a commit sets the order: a use with one was committed.
+                    from: if r.order_id.is_some() {
+                        "committed"
+                    } else {
+                        "reserved"
+                    }
+                    .to_owned(),
+                }),
+            )
+            .await?;
+        }
+        Ok(out)
     }
 }
 

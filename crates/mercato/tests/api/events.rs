@@ -142,6 +142,34 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
     let o = admin.order(&text(&order3["id"])).await;
     assert_eq!(o.body["flagged_for_review"], true, "{}", o.body);
 
+    // A coupon: redeemed when its checkout is paid, released when the order is cancelled
+    // before shipping.
+    post_ok(
+        &admin,
+        "/admin/promotions",
+        json!({"name": "Events", "code": "EVT10", "kind": "percent_off", "value": 1000,
+               "status": "active"}),
+    )
+    .await;
+    let c6 = app.customer().await;
+    let cart = c6.create_cart().await.id();
+    assert_eq!(c6.add_to_cart(&cart, &sku, 1).await.status, 200);
+    let chk = c6
+        .post(
+            "/checkouts",
+            json!({"cart_id": cart, "shipping_address": sample_address(), "coupon_code": "EVT10"}),
+        )
+        .await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    let r = c6.pay(&chk.id(), "tok_visa", "evt-coupon").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    post_ok(
+        &c6,
+        &format!("/orders/{}/cancel", text(&r.body["order_id"])),
+        json!({"reason": "changed my mind"}),
+    )
+    .await;
+
     // A declined payment, a timeout that turns out not captured, a checkout left to expire.
     let c4 = app.customer().await;
     let cart = c4.create_cart().await.id();

@@ -1,10 +1,13 @@
 //! Promotions and coupons (API.md "Promotions and coupons"): admin CRUD, validation, the cart
 //! preview with exact amounts for each kind and scope, stacking, and the usage counters'
-//! reserve/commit/release under races (driven directly: checkout does not redeem yet).
+//! reserve/commit/release under races (driven directly), and checkout applying coupons: exact
+//! amounts, uses counted once through pay, decline, expiry, supersession and cancellation, and
+//! a returned discounted line refunding what was paid for it.
 
+use crate::inventory::stocked;
 use mercato_commerce::promotions::{Exhausted, PromotionService};
 use mercato_kernel::clock::Clock;
-use mercato_testkit::{Client, TestApp, TestResponse, sample_product, spawn_app};
+use mercato_testkit::{Client, TestApp, TestResponse, sample_address, sample_product, spawn_app};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -880,4 +883,362 @@ async fn lowering_a_limit_below_its_uses_admits_no_more() {
         .await;
     assert_eq!(r.body["usage_limit"], Value::Null);
     assert_eq!(preview(&app, &cart, "LOWER").await.status, 200);
+}
+
+// ---- Checkout applies coupons and counts each use exactly once ----
+
+/// A customer with `qty` × `sku` in a new cart.
+async fn buyer(app: &TestApp, sku: &str, qty: i64) -> (Client, String) {
+    let c = app.customer().await;
+    let cart = c.create_cart().await.id();
+    let r = c.add_to_cart(&cart, sku, qty).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    (c, cart)
+}
+
+async fn checkout_with(c: &Client, cart: &str, code: &str) -> TestResponse {
+    c.post(
+        "/checkouts",
+        json!({"cart_id": cart, "shipping_address": sample_address(), "coupon_code": code}),
+    )
+    .await
+}
+
+/// A coupon promotion's id.
+async fn coupon_id(admin: &Client, body: Value) -> String {
+    promo(admin, body).await["id"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+async fn counters(admin: &Client, id: &str) -> (i64, i64, i64, i64) {
+    let p = admin.get(&format!("/admin/promotions/{id}")).await.body;
+    (
+        p["uses"].as_i64().unwrap_or(-1),
+        p["reserved"].as_i64().unwrap_or(-1),
+        amount(&p["budget_used"]),
+        amount(&p["budget_reserved"]),
+    )
+}
+
+#[tokio::test]
+async fn a_coupon_checkout_taxes_the_discounted_price_and_the_order_keeps_the_breakdown() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "cpn").await;
+    admin.set_stock(&sku, &de, 5).await;
+    let id = coupon_id(&admin, coupon("SAVE10", "percent_off", json!(1000))).await;
+    let (c, cart) = buyer(&app, &sku, 2).await;
+    let chk = checkout_with(&c, &cart, "save10").await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    // 2 × 10.00 = 20.00; 10 % off = 2.00; 20 % GB VAT on 18.00 = 3.60; shipping 9.99.
+    assert_eq!(amount(&chk.body["subtotal"]), 2000);
+    assert_eq!(amount(&chk.body["discount"]), 200);
+    assert_eq!(amount(&chk.body["tax"]), 360);
+    assert_eq!(amount(&chk.body["shipping"]), 999);
+    assert_eq!(amount(&chk.body["total"]), 2000 - 200 + 360 + 999);
+    assert_eq!(amount(&chk.body["items"][0]["discount"]), 200);
+    let d = &chk.body["discounts"][0];
+    assert_eq!(d["promotion_id"], id.as_str());
+    assert_eq!(d["code"], "SAVE10");
+    assert_eq!(amount(&d["amount"]), 200);
+    assert_eq!(lines_of(d), vec![sku.clone()]);
+    assert_eq!(counters(&admin, &id).await, (0, 1, 0, 200), "reserved");
+    let again = c.get(&format!("/checkouts/{}", chk.id())).await;
+    assert_eq!(again.body["discounts"], chk.body["discounts"]);
+
+    let r = c.pay(&chk.id(), "tok_visa", "cpn-1").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(amount(&r.body["payment"]["amount"]), 3159);
+    assert_eq!(counters(&admin, &id).await, (1, 0, 200, 0), "committed");
+    let o = c
+        .order(r.body["order_id"].as_str().unwrap_or_default())
+        .await;
+    assert_eq!(amount(&o.body["discount"]), 200);
+    assert_eq!(amount(&o.body["total"]), 3159);
+    assert_eq!(o.body["discounts"], chk.body["discounts"]);
+    assert_eq!(amount(&o.body["items"][0]["discount"]), 200);
+    let reds = admin
+        .get(&format!("/admin/promotions/{id}/redemptions"))
+        .await;
+    assert_eq!(reds.body["data"][0]["status"], "committed", "{}", reds.body);
+}
+
+#[tokio::test]
+async fn coupon_errors_at_checkout_are_422_and_reserve_nothing() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "cer").await;
+    admin.set_stock(&sku, &de, 5).await;
+    let mut body = coupon(
+        "BIG",
+        "amount_off",
+        json!({"amount": 500, "currency": "USD"}),
+    );
+    body["min_subtotal"] = json!({"amount": 5000, "currency": "USD"});
+    let id = coupon_id(&admin, body).await;
+    let (c, cart) = buyer(&app, &sku, 1).await;
+    for (code, want) in [
+        ("NOPE", "coupon_invalid"),
+        ("BIG", "coupon_not_applicable"),
+        ("", "coupon_invalid"),
+    ] {
+        let r = checkout_with(&c, &cart, code).await;
+        assert_eq!((r.status, r.code()), (422, want), "{}", r.body);
+        assert!(r.body["detail"].is_string());
+    }
+    assert_eq!(counters(&admin, &id).await, (0, 0, 0, 0));
+    assert_eq!(admin.stock(&sku).await.body["reserved"], 0, "no stock held");
+}
+
+#[tokio::test]
+async fn one_hundred_customers_race_for_ten_uses_and_exactly_ten_orders_are_discounted() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "race").await;
+    admin.set_stock(&sku, &de, 500).await;
+    let mut body = coupon("TENONLY", "percent_off", json!(1000));
+    body["usage_limit"] = json!(10);
+    let id = coupon_id(&admin, body).await;
+    let mut buyers = Vec::new();
+    for _ in 0..100 {
+        buyers.push(buyer(&app, &sku, 1).await);
+    }
+    let mut tasks = Vec::new();
+    for (i, (c, cart)) in buyers.into_iter().enumerate() {
+        tasks.push(tokio::spawn(async move {
+            let chk = checkout_with(&c, &cart, "TENONLY").await;
+            if chk.status != 201 {
+                assert_eq!(
+                    (chk.status, chk.code()),
+                    (422, "coupon_exhausted"),
+                    "{}",
+                    chk.body
+                );
+                return false;
+            }
+            let r = c.pay(&chk.id(), "tok_visa", &format!("race-{i}")).await;
+            assert_eq!(r.status, 201, "{}", r.body);
+            true
+        }));
+    }
+    let mut paid = 0;
+    for t in tasks {
+        if t.await.unwrap_or_else(|e| panic!("{e}")) {
+            paid += 1;
+        }
+    }
+    assert_eq!(paid, 10);
+    let discounted: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM orders WHERE status = 'confirmed' AND discount = $1",
+    )
+    .bind(100_i64)
+    .fetch_one(app.state.kernel.db.reader())
+    .await
+    .unwrap_or(-1);
+    assert_eq!(discounted, 10);
+    assert_eq!(counters(&admin, &id).await, (10, 0, 1000, 0));
+}
+
+#[tokio::test]
+async fn one_customers_parallel_checkouts_never_pass_the_per_customer_limit() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "pcl").await;
+    admin.set_stock(&sku, &de, 50).await;
+    let mut body = coupon("MINE", "percent_off", json!(500));
+    body["per_customer_limit"] = json!(1);
+    let id = coupon_id(&admin, body).await;
+    // A customer has one active cart: ten checkouts of it at once, each superseding (and
+    // releasing) the ones before it or refused while another holds the customer's one use.
+    let (c, cart) = buyer(&app, &sku, 1).await;
+    let mut tasks = Vec::new();
+    for _ in 0..10 {
+        let (c, cart) = (c.clone(), cart.clone());
+        tasks.push(tokio::spawn(async move {
+            let r = checkout_with(&c, &cart, "MINE").await;
+            if r.status != 201 {
+                assert_eq!(r.code(), "coupon_exhausted", "{}", r.body);
+            }
+            r.status == 201
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    let open: Vec<String> =
+        sqlx::query_scalar("SELECT id FROM checkouts WHERE cart_id = $1 AND status = 'open'")
+            .bind(&cart)
+            .fetch_all(app.state.kernel.db.reader())
+            .await
+            .unwrap_or_default();
+    assert_eq!(open.len(), 1, "{open:?}");
+    assert_eq!(counters(&admin, &id).await, (0, 1, 0, 50));
+    let r = c.pay(&open[0], "tok_visa", "pcl-1").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(counters(&admin, &id).await, (1, 0, 50, 0));
+    let cart = c.create_cart().await.id();
+    assert_eq!(c.add_to_cart(&cart, &sku, 1).await.status, 200);
+    let r = checkout_with(&c, &cart, "MINE").await;
+    assert_eq!(r.code(), "coupon_exhausted", "{}", r.body);
+}
+
+#[tokio::test]
+async fn racing_coupon_checkouts_never_pass_the_budget() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "bdg").await;
+    admin.set_stock(&sku, &de, 50).await;
+    let mut body = coupon(
+        "FIVE",
+        "amount_off",
+        json!({"amount": 500, "currency": "USD"}),
+    );
+    body["budget"] = json!({"amount": 1200, "currency": "USD"});
+    let id = coupon_id(&admin, body).await;
+    let mut buyers = Vec::new();
+    for _ in 0..20 {
+        buyers.push(buyer(&app, &sku, 1).await);
+    }
+    let mut tasks = Vec::new();
+    for (c, cart) in buyers {
+        tasks.push(tokio::spawn(async move {
+            let r = checkout_with(&c, &cart, "FIVE").await;
+            if r.status == 201 {
+                amount(&r.body["discount"])
+            } else {
+                assert_eq!(r.code(), "coupon_exhausted", "{}", r.body);
+                0
+            }
+        }));
+    }
+    let mut given = 0;
+    for t in tasks {
+        given += t.await.unwrap_or_else(|e| panic!("{e}"));
+    }
+    assert!(given <= 1200, "gave {given}");
+    assert!(given >= 1000, "at least two full discounts fit: {given}");
+    let (_, _, used, reserved) = counters(&admin, &id).await;
+    assert_eq!(used + reserved, given);
+}
+
+#[tokio::test]
+async fn a_declined_payment_gives_the_use_back() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "dcl").await;
+    admin.set_stock(&sku, &de, 5).await;
+    let mut body = coupon("ONCE", "percent_off", json!(1000));
+    body["usage_limit"] = json!(1);
+    let id = coupon_id(&admin, body).await;
+    let (c, cart) = buyer(&app, &sku, 1).await;
+    let chk = checkout_with(&c, &cart, "ONCE").await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    let (other, other_cart) = buyer(&app, &sku, 1).await;
+    let r = checkout_with(&other, &other_cart, "ONCE").await;
+    assert_eq!(r.code(), "coupon_exhausted", "held by the open checkout");
+    let r = c.pay(&chk.id(), "tok_chargeDeclined", "dcl-1").await;
+    assert_eq!(r.status, 402, "{}", r.body);
+    assert_eq!(counters(&admin, &id).await, (0, 0, 0, 0), "released");
+    let r = checkout_with(&other, &other_cart, "ONCE").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+#[tokio::test]
+async fn an_expired_checkout_gives_the_use_back() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "cex").await;
+    admin.set_stock(&sku, &de, 5).await;
+    let id = coupon_id(&admin, coupon("LATE", "percent_off", json!(1000))).await;
+    let (c, cart) = buyer(&app, &sku, 1).await;
+    let chk = checkout_with(&c, &cart, "LATE").await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    assert_eq!(counters(&admin, &id).await.1, 1);
+    app.clock.advance(Duration::from_secs(901));
+    app.state
+        .checkout
+        .expire_due()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(counters(&admin, &id).await, (0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_new_checkout_of_the_same_cart_releases_the_old_ones_use() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "sup").await;
+    admin.set_stock(&sku, &de, 5).await;
+    let mut body = coupon("SOLO", "percent_off", json!(1000));
+    body["usage_limit"] = json!(2);
+    let id = coupon_id(&admin, body).await;
+    let (c, cart) = buyer(&app, &sku, 1).await;
+    let first = checkout_with(&c, &cart, "SOLO").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    for _ in 0..3 {
+        let r = checkout_with(&c, &cart, "SOLO").await;
+        assert_eq!(r.status, 201, "{}", r.body);
+        assert_eq!(
+            counters(&admin, &id).await,
+            (0, 1, 0, 100),
+            "one open checkout, one use"
+        );
+    }
+    let old = c.get(&format!("/checkouts/{}", first.id())).await;
+    assert_eq!(old.body["status"], "cancelled");
+}
+
+#[tokio::test]
+async fn cancelling_before_shipping_gives_the_use_back() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "ccl").await;
+    admin.set_stock(&sku, &de, 5).await;
+    let id = coupon_id(&admin, coupon("UNDO", "percent_off", json!(1000))).await;
+    let (c, cart) = buyer(&app, &sku, 1).await;
+    let chk = checkout_with(&c, &cart, "UNDO").await;
+    let r = c.pay(&chk.id(), "tok_visa", "ccl-1").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(counters(&admin, &id).await, (1, 0, 100, 0));
+    let oid = r.body["order_id"].as_str().unwrap_or_default().to_owned();
+    let r = c
+        .post(
+            &format!("/orders/{oid}/cancel"),
+            json!({"reason": "changed my mind"}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(counters(&admin, &id).await, (0, 0, 0, 0));
+}
+
+#[tokio::test]
+async fn a_returned_discounted_line_refunds_what_was_paid_for_it() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "rtn").await;
+    admin.set_stock(&sku, &de, 5).await;
+    coupon_id(
+        &admin,
+        coupon(
+            "THIRD",
+            "amount_off",
+            json!({"amount": 700, "currency": "USD"}),
+        ),
+    )
+    .await;
+    let (c, cart) = buyer(&app, &sku, 3).await;
+    let chk = checkout_with(&c, &cart, "THIRD").await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    // 30.00 - 7.00 = 23.00 paid for the goods; VAT 20 % of 23.00 = 4.60.
+    assert_eq!(amount(&chk.body["tax"]), 460);
+    let r = c.pay(&chk.id(), "tok_visa", "rtn-1").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let oid = r.body["order_id"].as_str().unwrap_or_default().to_owned();
+    crate::orders::advance(&admin, &oid, "delivered").await;
+    let r = c
+        .post(
+            &format!("/orders/{oid}/returns"),
+            json!({"items": [{"sku": sku, "quantity": 1}], "reason": "too many"}),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ret = r.body["id"].as_str().unwrap_or_default().to_owned();
+    let r = admin
+        .post(&format!("/returns/{ret}/approve"), json!({}))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // One of three units: 23.00 / 3 = 7.666… → 7.67, and 4.60 / 3 = 1.533… → 1.53.
+    assert_eq!(amount(&r.body["refund_amount"]), 767 + 153);
 }
