@@ -142,15 +142,7 @@ pub fn build_router(
         .merge(api)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed);
-    let router = apply_middleware(
-        router,
-        MiddlewareConfig {
-            request_timeout: Duration::from_millis(settings.request_timeout_ms),
-            body_limit_bytes: settings.body_limit_bytes,
-            max_in_flight: settings.max_in_flight_requests,
-            trust_forwarded_for: settings.trust_forwarded_for,
-        },
-    );
+    let router = apply_middleware(router, middleware_config(&settings));
     // The redirect bypasses the API's stack (auth, rate limits, idempotency, spans, label-
     // allocating metrics, timeout) for its own thin one: `/{code}` at the root of the main host
     // (unless a dedicated short-link host or listener is configured), or anything for
@@ -222,6 +214,16 @@ pub fn short_link_router(links: mercato_links::Links) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
 }
 
+/// The shared middleware settings of every listener.
+fn middleware_config(settings: &mercato_kernel::config::Settings) -> MiddlewareConfig {
+    MiddlewareConfig {
+        request_timeout: Duration::from_millis(settings.request_timeout_ms),
+        body_limit_bytes: settings.body_limit_bytes,
+        max_in_flight: settings.max_in_flight_requests,
+        trust_forwarded_for: settings.trust_forwarded_for,
+    }
+}
+
 /// The short-link routes behind their thin stack (request id, client IP, load shedding, a
 /// counter per status, panic guard): for the main host's root, `links_host` and `links_addr`.
 pub fn build_links_router(
@@ -231,12 +233,7 @@ pub fn build_links_router(
     mercato_kernel::http::apply_thin_middleware(
         short_link_router(links),
         "/{code}",
-        MiddlewareConfig {
-            request_timeout: Duration::from_millis(settings.request_timeout_ms),
-            body_limit_bytes: settings.body_limit_bytes,
-            max_in_flight: settings.max_in_flight_requests,
-            trust_forwarded_for: settings.trust_forwarded_for,
-        },
+        middleware_config(settings),
     )
 }
 
