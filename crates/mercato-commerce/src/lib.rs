@@ -6,6 +6,7 @@
 pub mod cart;
 pub mod catalog;
 pub mod checkout;
+pub mod flash_sales;
 pub mod fraud;
 pub mod gateway;
 pub mod identity;
@@ -35,6 +36,7 @@ pub struct AppState {
     pub checkout: checkout::CheckoutService,
     pub search: search::SearchService,
     pub promotions: promotions::PromotionService,
+    pub flash_sales: flash_sales::FlashSaleService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -66,8 +68,18 @@ impl AppState {
             Arc::new(inventory.clone()),
             Arc::new(orders.clone()),
         );
-        let carts =
-            cart::CartService::new(kernel.clone(), catalog.clone(), Arc::new(inventory.clone()));
+        let flash_sales = flash_sales::FlashSaleService::new(
+            kernel.clone(),
+            catalog.clone(),
+            Arc::new(flash_sales::room::MemoryWaitingRoom::default()),
+            jwt_secret,
+        );
+        let carts = cart::CartService::new(
+            kernel.clone(),
+            catalog.clone(),
+            Arc::new(inventory.clone()),
+            flash_sales.clone(),
+        );
         let identity =
             identity::IdentityService::new(kernel.clone(), jwt_secret, Arc::new(carts.clone()))?;
         let promotions = promotions::PromotionService::new(kernel.clone(), catalog.clone());
@@ -75,6 +87,7 @@ impl AppState {
             kernel.clone(),
             checkout::service::Parts {
                 promotions: promotions.clone(),
+                flash: flash_sales.clone(),
                 carts: carts.clone(),
                 catalog: catalog.clone(),
                 identity: identity.clone(),
@@ -103,6 +116,7 @@ impl AppState {
             checkout,
             search,
             promotions,
+            flash_sales,
         })
     }
 }
@@ -119,4 +133,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(checkout::http::router())
         .merge(search::http::router())
         .merge(promotions::http::router())
+        .merge(flash_sales::http::router())
 }

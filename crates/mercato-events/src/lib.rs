@@ -136,6 +136,9 @@ registry! {
     LinkDeleted => links::LinkDeleted,
     PromotionRedeemed => promotions::PromotionRedeemed,
     PromotionReleased => promotions::PromotionReleased,
+    FlashSaleStarted => flash_sales::FlashSaleStarted,
+    FlashSaleSoldOut => flash_sales::FlashSaleSoldOut,
+    FlashSaleEnded => flash_sales::FlashSaleEnded,
 }
 
 #[cfg(test)]

@@ -180,6 +180,20 @@ fn samples() -> Vec<(&'static str, Value)> {
             json!({"promotion_id": "prm_1", "redemption_id": "rdm_1", "checkout_id": "chk_1",
                    "customer_id": "usr_1", "amount": usd(200), "from": "reserved"}),
         ),
+        (
+            "flash_sale.started",
+            json!({"sale_id": "fls_1", "sku": "TEE-1", "price": usd(500), "units": 50,
+                   "starts_at": "2026-12-02T07:00:00Z", "ends_at": "2026-12-02T08:00:00Z",
+                   "queued": 500}),
+        ),
+        (
+            "flash_sale.sold_out",
+            json!({"sale_id": "fls_1", "sku": "TEE-1", "units": 50, "sold": 50}),
+        ),
+        (
+            "flash_sale.ended",
+            json!({"sale_id": "fls_1", "sku": "TEE-1", "units": 50, "sold": 48, "returned": 2}),
+        ),
     ]
 }
 

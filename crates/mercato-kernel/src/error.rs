@@ -97,6 +97,10 @@ error_codes! {
     ReturnNotAllowed => (409, "return_not_allowed", "This order cannot be returned");
     // --- promotions ---
     CodeTaken => (409, "code_taken", "A promotion with this code already exists");
+    // --- flash sales ---
+    PurchaseTokenRequired => (403, "purchase_token_required", "This SKU is in a live flash sale: it is sold only with a purchase token from the waiting room");
+    PurchaseTokenInvalid => (403, "purchase_token_invalid", "The purchase token is not valid for this purchase");
+    PurchaseTokenExpired => (403, "purchase_token_expired", "The purchase token has expired");
     // --- notifications ---
     UnknownNotificationType => (422, "unknown_notification_type", "The notification type is not registered");
     TemplateInvalid => (422, "template_invalid", "The template does not compile or render");

@@ -291,6 +291,17 @@ impl Application {
             },
         )));
 
+        let flash = self.state.flash_sales.clone();
+        handles.push(tokio::spawn(run_worker(
+            "flash-sales",
+            Duration::from_secs(1),
+            self.shutdown.clone(),
+            move || {
+                let flash = flash.clone();
+                async move { flash.tick().await }
+            },
+        )));
+
         let inventory = self.state.inventory.clone();
         handles.push(tokio::spawn(run_worker(
             "reservation-expiry",

@@ -95,12 +95,18 @@ pub struct AddItem {
     /// 1..line maximum (default 10), summed with an existing line.
     #[schema(minimum = 1, maximum = 10)]
     pub quantity: i64,
+    /// The purchase token from a flash sale's waiting room (required while a flash sale of
+    /// the SKU is live; the line is then priced at the sale price).
+    #[schema(max_length = 200)]
+    pub purchase_token: Option<String>,
 }
 
 /// Add a SKU (adding an existing SKU adds to its quantity). Soft stock check; no reservation.
+/// While a flash sale of the SKU is live it is sold only with a `purchase_token` (403
+/// `purchase_token_required|invalid|expired`).
 #[utoipa::path(post, path = "/carts/{id}/items", tag = "carts", params(("id" = String, Path)), request_body = AddItem,
-    responses((status = 200, body = Cart), (status = 404, body = Problem), (status = 409, body = Problem),
-              (status = 422, body = Problem)))]
+    responses((status = 200, body = Cart), (status = 403, body = Problem), (status = 404, body = Problem),
+              (status = 409, body = Problem), (status = 422, body = Problem)))]
 async fn add_item(
     State(s): State<AppState>,
     MaybePrincipal(p): MaybePrincipal,
@@ -109,7 +115,13 @@ async fn add_item(
 ) -> Result<Json<Cart>, ApiError> {
     Ok(Json(
         s.carts
-            .add_item(&id, p.as_ref(), &req.sku, req.quantity)
+            .add_item(
+                &id,
+                p.as_ref(),
+                &req.sku,
+                req.quantity,
+                req.purchase_token.as_deref(),
+            )
             .await?,
     ))
 }

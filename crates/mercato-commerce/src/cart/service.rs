@@ -4,6 +4,7 @@
 use super::model::{Cart, CartItem, CartStatus, CartWarning, merged_quantity};
 use super::store::{CartRow, CartStore, LineRow, Refusal};
 use crate::catalog::{CatalogService, SkuInfo};
+use crate::flash_sales::{FlashSaleError, FlashSaleService};
 use crate::seams::StockLevels;
 use mercato_kernel::auth::{Principal, Role};
 use mercato_kernel::error::{ApiError, Code};
@@ -50,6 +51,12 @@ impl From<crate::catalog::CatalogError> for CartError {
     }
 }
 
+impl From<FlashSaleError> for CartError {
+    fn from(e: FlashSaleError) -> Self {
+        CartError::Invalid(ApiError::from(e))
+    }
+}
+
 impl From<CartError> for ApiError {
     fn from(e: CartError) -> ApiError {
         match e {
@@ -88,6 +95,7 @@ struct Inner {
     store: CartStore,
     catalog: CatalogService,
     stock: Arc<dyn StockLevels>,
+    flash: FlashSaleService,
 }
 
 impl CartService {
@@ -95,6 +103,7 @@ impl CartService {
         kernel: Kernel,
         catalog: CatalogService,
         stock: Arc<dyn StockLevels>,
+        flash: FlashSaleService,
     ) -> CartService {
         CartService {
             inner: Arc::new(Inner {
@@ -102,6 +111,7 @@ impl CartService {
                 kernel,
                 catalog,
                 stock,
+                flash,
             }),
         }
     }
@@ -255,7 +265,15 @@ impl CartService {
         for l in lines {
             let info = infos.get(&l.sku);
             let available = stock.get(&l.sku).copied();
-            let unit_price = info.map(|i| i.unit_price).unwrap_or(l.price_at_addition);
+            // A line bought with a flash-sale token is priced by its sale while it runs (its
+            // units are set aside, so the shop's availability does not apply to it).
+            let flash_price = match &l.purchase_token {
+                Some(_) => self.inner.flash.price_for(&l.sku).await,
+                None => None,
+            };
+            let unit_price = flash_price
+                .or_else(|| info.map(|i| i.unit_price))
+                .unwrap_or(l.price_at_addition);
             let mut w = Vec::new();
             let purchasable = info.is_some_and(|i| i.purchasable);
             if !purchasable {
@@ -264,8 +282,11 @@ impl CartService {
             if unit_price != l.price_at_addition {
                 w.push("price_changed".to_owned());
             }
-            if available.is_some_and(|a| a < l.quantity) {
+            if flash_price.is_none() && available.is_some_and(|a| a < l.quantity) {
                 w.push("insufficient_stock".to_owned());
+            }
+            if l.purchase_token.is_none() && self.inner.flash.gated(&l.sku).await {
+                w.push("purchase_token_required".to_owned());
             }
             let line_total = unit_price
                 .checked_mul(l.quantity)
@@ -344,13 +365,15 @@ impl CartService {
         }
     }
 
-    /// Adds `quantity` of `sku` to the cart (summing with an existing line).
+    /// Adds `quantity` of `sku` to the cart (summing with an existing line). While a flash
+    /// sale of the SKU is live, only with the customer's `purchase_token`, at the sale price.
     pub async fn add_item(
         &self,
         id: &str,
         who: Option<&Principal>,
         sku: &str,
         quantity: i64,
+        purchase_token: Option<&str>,
     ) -> Result<Cart, CartError> {
         self.check_quantity(quantity, false)?;
         let (row, lines) = self.load(id, who).await?;
@@ -371,17 +394,31 @@ impl CartService {
                     .with("sku", info.sku.clone()),
             ));
         }
-        let available = self
-            .stock()
-            .available(std::slice::from_ref(&info.sku))
-            .await?
-            .get(&info.sku)
-            .copied();
         let current = lines
             .iter()
             .find(|l| l.sku == info.sku)
             .map(|l| l.quantity)
             .unwrap_or(0);
+        let flash = self
+            .inner
+            .flash
+            .check_line(
+                &info.sku,
+                purchase_token,
+                who.and_then(|p| p.user_id()),
+                current + quantity,
+            )
+            .await?;
+        let available = match flash {
+            // The sale's units are set aside for its token holders.
+            Some(_) => None,
+            None => self
+                .stock()
+                .available(std::slice::from_ref(&info.sku))
+                .await?
+                .get(&info.sku)
+                .copied(),
+        };
         // Soft check: no reservation is made; checkout is the hard gate.
         if let Some(a) = available
             && current + quantity > a
@@ -401,7 +438,8 @@ impl CartService {
                 id,
                 &info.sku,
                 quantity,
-                info.unit_price,
+                flash.as_ref().map(|f| f.price).unwrap_or(info.unit_price),
+                flash.as_ref().and(purchase_token),
                 limit,
                 now,
                 self.guest_expiry(now),
@@ -440,10 +478,21 @@ impl CartService {
         let key = crate::catalog::model::Sku::parse(sku)
             .map(|s| s.as_str().to_owned())
             .ok_or_else(|| CartError::UnknownSku(sku.to_owned()))?;
-        if !lines.iter().any(|l| l.sku == key) {
+        let Some(line) = lines.iter().find(|l| l.sku == key) else {
             return Err(CartError::UnknownSku(key));
-        }
-        if quantity > 0 {
+        };
+        if quantity > 0 && line.purchase_token.is_some() && self.inner.flash.gated(&key).await {
+            // A token line stays within what its token buys; its units are set aside.
+            self.inner
+                .flash
+                .check_line(
+                    &key,
+                    line.purchase_token.as_deref(),
+                    who.and_then(|p| p.user_id()),
+                    quantity,
+                )
+                .await?;
+        } else if quantity > 0 {
             let available = self
                 .stock()
                 .available(std::slice::from_ref(&key))
@@ -555,6 +604,10 @@ impl CartService {
         Ok(CheckoutCart {
             status: row.status,
             currency: row.currency,
+            tokens: lines
+                .iter()
+                .filter_map(|l| Some((l.sku.clone(), l.purchase_token.clone()?)))
+                .collect(),
             lines: lines.into_iter().map(|l| (l.sku, l.quantity)).collect(),
             attribution: row.attribution,
         })
@@ -567,6 +620,8 @@ pub struct CheckoutCart {
     pub currency: Currency,
     /// (sku, quantity) per line.
     pub lines: Vec<(String, i64)>,
+    /// sku → the flash-sale purchase token its line was added with.
+    pub tokens: HashMap<String, String>,
     /// The short-link code the cart came through.
     pub attribution: Option<String>,
 }

@@ -31,6 +31,8 @@ pub struct LineRow {
     pub sku: String,
     pub quantity: i64,
     pub price_at_addition: Money,
+    /// The flash-sale purchase token the line was added with.
+    pub purchase_token: Option<String>,
 }
 
 /// Why a change to a cart was refused.
@@ -80,6 +82,7 @@ fn line_of(r: &Row) -> StoreResult<LineRow> {
             r.try_get("price_at_addition").map_err(g)?,
             Currency::parse(&currency).unwrap_or(Currency::USD),
         ),
+        purchase_token: r.try_get("purchase_token").map_err(g)?,
     })
 }
 
@@ -145,7 +148,7 @@ impl CartStore {
             return Ok(None);
         };
         let lines = sqlx::query(
-            "SELECT sku, quantity, price_at_addition, currency FROM cart_items \
+            "SELECT sku, quantity, price_at_addition, currency, purchase_token FROM cart_items \
              WHERE cart_id = $1 ORDER BY added_at, sku",
         )
         .bind(id)
@@ -198,6 +201,7 @@ impl CartStore {
         sku: &str,
         quantity: i64,
         price: Money,
+        purchase_token: Option<&str>,
         limit: i64,
         now: Timestamp,
         guest_expiry: Timestamp,
@@ -207,10 +211,14 @@ impl CartStore {
             return Ok(Err(r));
         }
         let q: Option<i64> = sqlx::query_scalar(
-            "INSERT INTO cart_items (cart_id, sku, quantity, price_at_addition, currency, added_at, updated_at) \
-             SELECT $1, $2, $3, $4, $5, $6, $6 WHERE $3 <= $7 \
+            "INSERT INTO cart_items (cart_id, sku, quantity, price_at_addition, currency, added_at, updated_at, purchase_token) \
+             SELECT $1, $2, $3, $4, $5, $6, $6, $8 WHERE $3 <= $7 \
              ON CONFLICT (cart_id, sku) DO UPDATE SET quantity = cart_items.quantity + excluded.quantity, \
-             updated_at = excluded.updated_at WHERE cart_items.quantity + excluded.quantity <= $7 \
+             updated_at = excluded.updated_at, \
+             purchase_token = COALESCE(excluded.purchase_token, cart_items.purchase_token), \
+             price_at_addition = CASE WHEN excluded.purchase_token IS NULL THEN cart_items.price_at_addition \
+             ELSE excluded.price_at_addition END \
+             WHERE cart_items.quantity + excluded.quantity <= $7 \
              RETURNING quantity",
         )
         .bind(cart_id)
@@ -220,6 +228,7 @@ impl CartStore {
         .bind(price.currency.as_str())
         .bind(now.as_micros())
         .bind(limit)
+        .bind(purchase_token)
         .fetch_optional(&mut *tx)
         .await?;
         match q {

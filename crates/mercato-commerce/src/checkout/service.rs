@@ -20,6 +20,7 @@ use super::model::{Checkout, CheckoutId, CheckoutLine, CheckoutStatus, Saga, Sag
 use super::store::{CheckoutRow, CheckoutStore, Guest, SagaRow};
 use crate::cart::{CartService, CartStore, model::CartStatus};
 use crate::catalog::CatalogService;
+use crate::flash_sales::{FlashLine, FlashSaleService};
 use crate::fraud::{Decision, FraudService};
 use crate::gateway::{ChargeOutcome, GatewayError};
 use crate::identity::IdentityService;
@@ -46,6 +47,7 @@ use mercato_kernel::jobs::Outcome;
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Kernel, Money, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -153,6 +155,7 @@ struct Inner {
     payments: PaymentService,
     orders: OrderService,
     promotions: PromotionService,
+    flash: FlashSaleService,
     fraud: FraudService,
     prices: PriceBook,
 }
@@ -160,6 +163,7 @@ struct Inner {
 /// The dependencies a checkout orchestrates.
 pub struct Parts {
     pub promotions: PromotionService,
+    pub flash: FlashSaleService,
     pub carts: CartService,
     pub catalog: CatalogService,
     pub identity: IdentityService,
@@ -177,6 +181,7 @@ impl CheckoutService {
                 fraud: FraudService::new(&kernel),
                 kernel,
                 promotions: parts.promotions,
+                flash: parts.flash,
                 carts: parts.carts,
                 catalog: parts.catalog,
                 identity: parts.identity,
@@ -332,6 +337,7 @@ impl CheckoutService {
             status,
             currency,
             lines,
+            tokens,
             attribution,
         } = self
             .inner
@@ -346,10 +352,29 @@ impl CheckoutService {
         if lines.is_empty() {
             return Err(api(ApiError::new(Code::CartEmpty)));
         }
+        // While a flash sale of a SKU is live, its line needs the customer's purchase token and
+        // is priced by the sale (a token left on a line after its sale ended is ignored).
+        let mut flash: HashMap<String, FlashLine> = HashMap::new();
+        for (sku, q) in &lines {
+            let gated = self.inner.flash.gated(sku).await;
+            let token = tokens.get(sku).filter(|_| gated).map(String::as_str);
+            if let Some(f) = self
+                .inner
+                .flash
+                .check_line(sku, token, guest.is_none().then_some(user_id.as_str()), *q)
+                .await
+                .map_err(api)?
+            {
+                flash.insert(sku.clone(), f);
+            }
+        }
         // A flash crowd for sold-out stock is answered here, from memory (the hot-SKU gate);
-        // otherwise the reservation below decides.
+        // otherwise the reservation below decides. Flash lines draw on their sale's set-aside.
         let gate = &self.inner.kernel.stock_gate;
-        if let Some((sku, requested)) = lines.iter().find(|(s, _)| gate.sold_out(s)) {
+        if let Some((sku, requested)) = lines
+            .iter()
+            .find(|(s, _)| !flash.contains_key(s) && gate.sold_out(s))
+        {
             metrics::counter!("checkout_insufficient_stock_total").increment(1);
             return Err(api(ApiError::new(Code::InsufficientStock)
                 .detail(format!("{sku} is sold out"))
@@ -371,7 +396,8 @@ impl CheckoutService {
                     ApiError::new(Code::CurrencyMismatch).with("sku", sku.clone())
                 ));
             }
-            priced.push((sku.clone(), *q, info.unit_price));
+            let unit = flash.get(sku).map(|f| f.price).unwrap_or(info.unit_price);
+            priced.push((sku.clone(), *q, unit));
         }
         let pricing_error = |e: crate::pricing::PricingError| match e {
             crate::pricing::PricingError::NoShipping { .. } => api(ApiError::invalid(
@@ -501,9 +527,20 @@ impl CheckoutService {
                 )
                 .await?;
                 PromotionService::release_tx(&mut tx, &old, now).await?;
+                FlashSaleService::release_tx(&mut tx, &old, now).await?;
             }
         }
         CheckoutStore::insert_tx(&mut tx, &row).await?;
+        let held: Vec<(FlashLine, i64)> = lines
+            .iter()
+            .filter_map(|(sku, q)| Some((flash.get(sku)?.clone(), *q)))
+            .collect();
+        if !held.is_empty()
+            && let Err(e) = FlashSaleService::hold_tx(&mut tx, &id, &held, &user_id, now).await?
+        {
+            tx.rollback().await?;
+            return Err(api(e));
+        }
         match InventoryService::reserve_tx(
             &mut tx,
             &id,
@@ -919,6 +956,7 @@ impl CheckoutService {
             )
             .await?;
             PromotionService::release_tx(&mut tx, &c.id, now).await?;
+            FlashSaleService::release_tx(&mut tx, &c.id, now).await?;
             CheckoutStore::step_tx(&mut tx, &saga.id, "release_stock", "compensated", None, now)
                 .await?;
             CheckoutStore::set_status_tx(
@@ -1227,6 +1265,7 @@ impl CheckoutService {
         crate::payments::store::PaymentStore::set_order_tx(&mut tx, &payment.id, &order_id).await?;
         InventoryService::commit_tx(&mut tx, &c.id, &order_id, "system", now).await?;
         PromotionService::commit_tx(&mut tx, &c.id, &order_id, now).await?;
+        FlashSaleService::commit_tx(&mut tx, &c.id, now).await?;
         CartStore::mark_converted(&mut tx, &c.cart_id, now).await?;
         CheckoutStore::set_status_tx(
             &mut tx,
@@ -1355,6 +1394,7 @@ impl CheckoutService {
         )
         .await?;
         PromotionService::release_tx(&mut tx, &c.id, now).await?;
+        FlashSaleService::release_tx(&mut tx, &c.id, now).await?;
         CheckoutStore::step_tx(&mut tx, saga_id, "release_stock", "compensated", None, now).await?;
         if let Some((oid, _, OrderStatus::Pending)) =
             OrderService::by_checkout_tx(&mut tx, &c.id).await?
@@ -1588,6 +1628,7 @@ impl CheckoutService {
         )
         .await?;
         PromotionService::release_tx(&mut tx, id, now).await?;
+        FlashSaleService::release_tx(&mut tx, id, now).await?;
         outbox::append(
             &mut tx,
             now,
@@ -1719,6 +1760,7 @@ impl CheckoutService {
                     // checkout's uses belong to its order and are left alone.
                     if status != "completed" {
                         PromotionService::release_tx(&mut tx, &id, now).await?;
+                        FlashSaleService::release_tx(&mut tx, &id, now).await?;
                     }
                     tx.commit().await?;
                     if !n.is_empty() {

@@ -369,6 +369,21 @@ impl InventoryService {
         Ok(released)
     }
 
+    /// Gives back up to `quantity` of the owner's reserved units (see
+    /// `InventoryStore::shrink_tx`); returns what was given back.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn shrink_tx(
+        tx: &mut Tx,
+        owner: &str,
+        quantity: i64,
+        reason: &str,
+        reference: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<i64, StoreError> {
+        InventoryStore::shrink_tx(tx, owner, quantity, reason, reference, actor, now).await
+    }
+
     pub async fn commit_tx(
         tx: &mut Tx,
         checkout_id: &str,

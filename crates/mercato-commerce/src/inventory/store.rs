@@ -756,6 +756,101 @@ impl InventoryStore {
         Ok(ended)
     }
 
+    /// Gives back up to `quantity` units of the owner's active reservations (a flash sale
+    /// hands set-aside units to a checkout this way): each row shrinks with a conditional
+    /// UPDATE, so two concurrent takers never give back the same unit. Returns what was given
+    /// back, which is less than asked only when the owner holds less.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn shrink_tx(
+        tx: &mut Tx,
+        owner: &str,
+        quantity: i64,
+        reason: &str,
+        reference: &str,
+        actor: &str,
+        now: Timestamp,
+    ) -> StoreResult<i64> {
+        let mut left = quantity.max(0);
+        for _ in 0..3 {
+            if left == 0 {
+                break;
+            }
+            let rows = sqlx::query(&format!(
+                "SELECT {RESERVATION_COLUMNS} FROM reservations WHERE checkout_id = $1 AND status = 'active' \
+                 ORDER BY quantity DESC, id"
+            ))
+            .bind(owner)
+            .fetch_all(&mut **tx)
+            .await?;
+            if rows.is_empty() {
+                break;
+            }
+            for r in rows.iter().map(reservation_of) {
+                let r = r?;
+                if left == 0 {
+                    break;
+                }
+                let take = r.quantity.min(left);
+                let shrunk = if take == r.quantity {
+                    sqlx::query(
+                        "UPDATE reservations SET status = 'released', updated_at = $1 \
+                         WHERE id = $2 AND status = 'active' AND quantity = $3",
+                    )
+                } else {
+                    sqlx::query(
+                        "UPDATE reservations SET quantity = quantity - $3, updated_at = $1 \
+                         WHERE id = $2 AND status = 'active' AND quantity > $3",
+                    )
+                }
+                .bind(now.as_micros())
+                .bind(&r.id)
+                .bind(take)
+                .execute(&mut **tx)
+                .await?
+                .rows_affected();
+                if shrunk == 0 {
+                    continue; // changed under us: the next round reads again
+                }
+                let (on_hand, reserved, threshold): (i64, i64, i64) = sqlx::query_as(
+                    "UPDATE stock SET reserved = reserved - $1, updated_at = $2 \
+                     WHERE sku = $3 AND warehouse_id = $4 AND reserved >= $1 \
+                     RETURNING on_hand, reserved, low_stock_threshold",
+                )
+                .bind(take)
+                .bind(now.as_micros())
+                .bind(&r.sku)
+                .bind(&r.warehouse_id)
+                .fetch_optional(&mut **tx)
+                .await?
+                .ok_or_else(|| {
+                    StoreError::Other(anyhow::anyhow!("reserved stock missing for {}", r.id))
+                })?;
+                Self::movement_tx(
+                    tx,
+                    MovementEntry {
+                        sku: &r.sku,
+                        warehouse_id: &r.warehouse_id,
+                        kind: "release",
+                        delta_on_hand: 0,
+                        delta_reserved: -take,
+                        after: StockAfter {
+                            on_hand,
+                            reserved,
+                            threshold,
+                        },
+                        reason: Some(reason),
+                        reference: Some(reference),
+                        actor,
+                    },
+                    now,
+                )
+                .await?;
+                left -= take;
+            }
+        }
+        Ok(quantity.max(0) - left)
+    }
+
     /// Puts sold units back on hand (cancellation after commit, approved returns), to the
     /// warehouses the checkout's committed reservations took them from. `quantities` per SKU.
     pub async fn restock_tx(

@@ -236,6 +236,54 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
     )
     .await;
 
+    // A flash sale of one unit: started, sold out when its unit is paid, ended.
+    let now = mercato_kernel::clock::Clock::now(&*app.clock);
+    let sale = post_ok(
+        &admin,
+        "/admin/flash-sales",
+        json!({"sku": sku, "price": {"amount": 100, "currency": "USD"}, "units": 1,
+               "starts_at": now.plus_secs(1).to_rfc3339(), "ends_at": now.plus_secs(600).to_rfc3339()}),
+    )
+    .await;
+    let sale = text(&sale["id"]);
+    app.clock.advance(Duration::from_secs(2));
+    app.state
+        .flash_sales
+        .tick()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let c7 = app.customer().await;
+    let t = c7
+        .post(&format!("/flash-sales/{sale}/queue"), json!({}))
+        .await;
+    assert_eq!(t.status, 202, "{}", t.body);
+    let p = c7
+        .get(&format!(
+            "/flash-sales/{sale}/queue/{}",
+            text(&t.body["ticket"])
+        ))
+        .await;
+    assert_eq!(p.body["status"], "admitted", "{}", p.body);
+    let cart = c7.create_cart().await.id();
+    let r = c7
+        .post(
+            &format!("/carts/{cart}/items"),
+            json!({"sku": sku, "quantity": 1, "purchase_token": p.body["purchase_token"]}),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let chk = c7.checkout(&cart, sample_address()).await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    let r = c7.pay(&chk.id(), "tok_visa", "evt-flash").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    app.clock.advance(Duration::from_secs(600));
+    app.state
+        .flash_sales
+        .tick()
+        .await
+        .unwrap_or_else(|e| panic!("{e}"));
+    let admin = app.admin().await;
+
     let caught_up = app
         .eventually(Duration::from_secs(30), || async {
             delivered(&app).await.then_some(())

@@ -10,6 +10,7 @@ mod cors;
 mod crash;
 mod docs;
 mod events;
+mod flash_sales;
 mod garbage;
 mod gateway;
 mod group_commit;
