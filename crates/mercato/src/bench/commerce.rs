@@ -393,17 +393,47 @@ pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
     if args.profile {
         return profile(&t, &buyers[0], &skus).await;
     }
+    // `--coupon`: 10 % off every purchase, no usage limit (each use is still reserved at
+    // checkout and committed at pay, like any coupon).
+    let coupon: Arc<Option<String>> = Arc::new(if args.coupon {
+        let code = format!("BENCH{tag}").to_uppercase();
+        expect(
+            "coupon",
+            admin
+                .post(
+                    "/admin/promotions",
+                    json!({"name": "Bench coupon", "code": code, "kind": "percent_off",
+                           "value": 1000, "status": "active"}),
+                )
+                .await?,
+            &[201],
+        )?;
+        Some(code)
+    } else {
+        None
+    });
     let buyers = Arc::new(buyers);
     let skus = Arc::new(skus);
     let rec = Arc::new(Recorder::new());
     let done = Arc::new(AtomicU64::new(0));
-    let (r, d, b, s) = (rec.clone(), done.clone(), buyers.clone(), skus.clone());
+    let (r, d, b, s, cp) = (
+        rec.clone(),
+        done.clone(),
+        buyers.clone(),
+        skus.clone(),
+        coupon.clone(),
+    );
     let wall = closed_loop(args.concurrency, args.duration, move |w, i| {
-        let (rec, done, buyers, skus) = (r.clone(), d.clone(), b.clone(), s.clone());
+        let (rec, done, buyers, skus, coupon) =
+            (r.clone(), d.clone(), b.clone(), s.clone(), cp.clone());
         async move {
             let c = &buyers[w % buyers.len()];
             let total = Instant::now();
-            match purchase(c, &skus, w, i, &mut |step, d| rec.ok(step, d)).await {
+            match purchase(c, &skus, coupon.as_deref(), w, i, &mut |step, d| {
+                rec.ok(step, d)
+            })
+            .await
+            {
                 Ok(()) => {
                     rec.ok("checkout end to end", total.elapsed());
                     done.fetch_add(1, Ordering::Relaxed);
@@ -423,6 +453,7 @@ pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
     report.steps = rec.stats(wall);
     let n = done.load(Ordering::Relaxed);
     report.fact("products", products);
+    report.fact("coupon on every purchase", coupon.is_some());
     report.fact("checkouts completed", n);
     report.fact(
         "checkouts per second",
@@ -444,6 +475,7 @@ pub async fn checkout(args: &BenchArgs) -> anyhow::Result<Report> {
 async fn purchase(
     c: &Api,
     skus: &[String],
+    coupon: Option<&str>,
     w: usize,
     i: u64,
     step: &mut (dyn FnMut(&'static str, std::time::Duration) + Send),
@@ -468,15 +500,11 @@ async fn purchase(
         step("add to cart", t.elapsed());
     }
     let t = Instant::now();
-    let chk = expect(
-        "checkout",
-        c.post(
-            "/checkouts",
-            json!({"cart_id": cart_id, "shipping_address": address()}),
-        )
-        .await?,
-        &[201],
-    )?;
+    let mut body = json!({"cart_id": cart_id, "shipping_address": address()});
+    if let Some(code) = coupon {
+        body["coupon_code"] = json!(code);
+    }
+    let chk = expect("checkout", c.post("/checkouts", body).await?, &[201])?;
     step("checkout (reserve)", t.elapsed());
     let t = Instant::now();
     expect(
@@ -521,7 +549,7 @@ async fn profile(t: &super::Target, buyer: &Api, skus: &[String]) -> anyhow::Res
     };
     // Warm up (prepared statement caches, the first lease of every consumer), then settle.
     for i in 0..10 {
-        purchase(buyer, skus, 0, i, &mut |_, _| {}).await?;
+        purchase(buyer, skus, None, 0, i, &mut |_, _| {}).await?;
     }
     settle(&db).await;
     let mut per_step: BTreeMap<&'static str, (u64, u64, u64, u64)> = BTreeMap::new();
@@ -538,7 +566,7 @@ async fn profile(t: &super::Target, buyer: &Api, skus: &[String]) -> anyhow::Res
             e.3 += now.2 - last.2;
             last = now;
         };
-        purchase(buyer, skus, 0, 100 + i, &mut on_step).await?;
+        purchase(buyer, skus, None, 0, 100 + i, &mut on_step).await?;
     }
     let wall = started.elapsed();
     settle(&db).await;
@@ -700,5 +728,254 @@ pub async fn db_commit(args: &BenchArgs) -> anyhow::Result<Report> {
             after.transactions - before.transactions
         ),
     );
+    Ok(report)
+}
+
+/// `mercato bench flash-sale --waiting-room`: `--concurrency` customers (e.g. 10,000) join the
+/// waiting room of a sale of `--size` units (default 1,000) before it starts, then poll once a
+/// second; an admitted customer buys one unit with its purchase token (cart, checkout, pay),
+/// the others stop at `sold_out`. Reports units sold, oversold, tokens issued/redeemed/expired,
+/// the time from the start to the last unit sold, and the latency of each kind of answer.
+pub async fn flash_sale_waiting_room(args: &BenchArgs) -> anyhow::Result<Report> {
+    const ADMIT_PER_MINUTE: i64 = 60_000;
+    let units = i64::try_from(args.size.unwrap_or(1000)).unwrap_or(1000);
+    let customers = args.concurrency.max(1);
+    let connections = customers.min(4_000);
+    let permits = Arc::new(tokio::sync::Semaphore::new(connections));
+    let t = target(args).await?;
+    let http = http_client(connections)?;
+    let api = Api {
+        http,
+        base: t.base.clone(),
+        token: None,
+    };
+    let admin = admin(&api, &t).await?;
+    let tag = mercato_kernel::id::random_hex(3);
+    let (cat, wh) = shop(&admin, &tag).await?;
+    let sku = format!("WR-{tag}").to_uppercase();
+    // A little stock beyond the sale's units: it stays unsold (the SKU is token-only while
+    // the sale runs).
+    product(&admin, &cat, &sku, 1999, &wh, units + 100).await?;
+    eprintln!("registering {customers} customers…");
+    let mut clients = Vec::with_capacity(customers);
+    let mut pending = tokio::task::JoinSet::new();
+    for i in 0..customers {
+        let api = api.clone();
+        pending.spawn(async move { customer(&api, &format!("wr{i}")).await });
+        if pending.len() >= 32
+            && let Some(r) = pending.join_next().await
+        {
+            clients.push(r??);
+        }
+    }
+    while let Some(r) = pending.join_next().await {
+        clients.push(r??);
+    }
+    // Everyone joins before the start (so the start's shuffle decides the order).
+    let lead = 5 + i64::try_from(customers / 1_000).unwrap_or(0);
+    let now = mercato_kernel::clock::Clock::now(&mercato_kernel::clock::SystemClock);
+    let starts_at = now.plus_secs(lead);
+    let sale = expect(
+        "flash sale",
+        admin
+            .post(
+                "/admin/flash-sales",
+                json!({"sku": sku, "price": {"amount": 999, "currency": "USD"}, "units": units,
+                       "starts_at": starts_at.to_rfc3339(),
+                       "ends_at": starts_at.plus_secs(3600).to_rfc3339(),
+                       "per_customer_limit": 1, "admit_per_minute": ADMIT_PER_MINUTE,
+                       "token_ttl_secs": 300}),
+            )
+            .await?,
+        &[201],
+    )?;
+    let sale_id = id(&sale);
+    let rec = Arc::new(Recorder::new());
+    eprintln!("{customers} customers join the waiting room…");
+    let mut joins = tokio::task::JoinSet::new();
+    for c in clients {
+        let (rec, permits, sale_id) = (rec.clone(), permits.clone(), sale_id.clone());
+        joins.spawn(async move {
+            let _p = permits.acquire().await?;
+            let t0 = Instant::now();
+            let r = expect(
+                "join",
+                c.post(&format!("/flash-sales/{sale_id}/queue"), json!({}))
+                    .await?,
+                &[202],
+            )?;
+            rec.ok("join (202)", t0.elapsed());
+            anyhow::Ok((c, r["ticket"].as_str().unwrap_or_default().to_owned()))
+        });
+    }
+    let mut joined = Vec::with_capacity(customers);
+    while let Some(r) = joins.join_next().await {
+        match r? {
+            Ok(x) => joined.push(x),
+            Err(e) => {
+                rec.error("join (202)");
+                tracing::debug!(error = %e, "join failed");
+            }
+        }
+    }
+    let wait = (starts_at.as_micros()
+        - mercato_kernel::clock::Clock::now(&mercato_kernel::clock::SystemClock).as_micros())
+    .max(0);
+    if wait == 0 {
+        eprintln!("warning: joining took longer than the lead; some joined after the start");
+    }
+    tokio::time::sleep(std::time::Duration::from_micros(
+        u64::try_from(wait).unwrap_or(0),
+    ))
+    .await;
+    eprintln!("the sale starts: polling once a second…");
+    let started = Instant::now();
+    let confirmed = Arc::new(AtomicU64::new(0));
+    let last_sale_us = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    for (i, (c, ticket)) in joined.into_iter().enumerate() {
+        let (rec, permits, sale_id, sku, confirmed, last_sale_us) = (
+            rec.clone(),
+            permits.clone(),
+            sale_id.clone(),
+            sku.clone(),
+            confirmed.clone(),
+            last_sale_us.clone(),
+        );
+        tasks.spawn(async move {
+            let path = format!("/flash-sales/{sale_id}/queue/{ticket}");
+            loop {
+                let p = permits.acquire().await?;
+                let t0 = Instant::now();
+                let (status, body) = c.call(reqwest::Method::GET, &path, None, None).await?;
+                let took = t0.elapsed();
+                drop(p);
+                let state = body["status"].as_str().unwrap_or_default();
+                match (status, state) {
+                    (429, _) => rec.ok("poll: 429 (too fast)", took),
+                    (200, "waiting") => rec.ok("poll: waiting", took),
+                    (200, "sold_out") => {
+                        rec.ok("poll: sold out", took);
+                        return anyhow::Ok(());
+                    }
+                    (200, "expired") => {
+                        rec.ok("poll: expired", took);
+                        return Ok(());
+                    }
+                    (200, "admitted") => {
+                        rec.ok("poll: admitted (token issued)", took);
+                        let token = body["purchase_token"].as_str().unwrap_or_default();
+                        let _p = permits.acquire().await?;
+                        let cart = timed(&rec, "buy: create cart", async {
+                            expect("cart", c.post("/carts", json!({})).await?, &[200, 201])
+                        })
+                        .await?;
+                        let cart_id = id(&cart);
+                        timed(&rec, "buy: add with token", async {
+                            expect(
+                                "add",
+                                c.post(
+                                    &format!("/carts/{cart_id}/items"),
+                                    json!({"sku": sku, "quantity": 1, "purchase_token": token}),
+                                )
+                                .await?,
+                                &[200],
+                            )
+                        })
+                        .await?;
+                        let chk = timed(&rec, "buy: checkout", async {
+                            expect(
+                                "checkout",
+                                c.post(
+                                    "/checkouts",
+                                    json!({"cart_id": cart_id, "shipping_address": address()}),
+                                )
+                                .await?,
+                                &[201],
+                            )
+                        })
+                        .await?;
+                        timed(&rec, "buy: pay", async {
+                            expect(
+                                "pay",
+                                c.call(
+                                    reqwest::Method::POST,
+                                    &format!("/checkouts/{}/pay", id(&chk)),
+                                    Some(&json!({"payment_method": "card", "payment_token": "tok_visa"})),
+                                    Some(&format!("wr-{i}")),
+                                )
+                                .await?,
+                                &[201],
+                            )
+                        })
+                        .await?;
+                        confirmed.fetch_add(1, Ordering::Relaxed);
+                        last_sale_us.fetch_max(
+                            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+                            Ordering::Relaxed,
+                        );
+                        return Ok(());
+                    }
+                    _ => {
+                        rec.error("poll");
+                        bail!("poll: HTTP {status}: {body}");
+                    }
+                }
+                // Once a second, as the room asks.
+                tokio::time::sleep(std::time::Duration::from_secs(1).saturating_sub(took)).await;
+            }
+        });
+    }
+    let mut failed = 0u64;
+    while let Some(r) = tasks.join_next().await {
+        if !matches!(r, Ok(Ok(()))) {
+            failed += 1;
+        }
+    }
+    let wall = started.elapsed();
+    let counters = expect(
+        "counters",
+        admin
+            .call(
+                reqwest::Method::GET,
+                &format!("/admin/flash-sales/{sale_id}"),
+                None,
+                None,
+            )
+            .await?,
+        &[200],
+    )?;
+    let n = |k: &str| counters[k].as_i64().unwrap_or(-1);
+    let sold = n("sold");
+    let confirmed = i64::try_from(confirmed.load(Ordering::Relaxed)).unwrap_or(i64::MAX);
+    let mut report = Report::new("flash-sale --waiting-room", &t.base, customers, wall);
+    report.steps = rec.stats(wall);
+    report.fact("customers", customers);
+    report.fact("units", units);
+    report.fact("admit_per_minute", ADMIT_PER_MINUTE);
+    report.fact("sold", sold);
+    report.fact("orders confirmed", confirmed);
+    report.fact("tokens issued", n("tokens_issued"));
+    report.fact("tokens redeemed", n("tokens_redeemed"));
+    report.fact("tokens expired", n("tokens_expired"));
+    report.fact("customers whose run failed", failed);
+    report.fact(
+        "start to sold out (s)",
+        if sold == units {
+            format!(
+                "{:.2}",
+                last_sale_us.load(Ordering::Relaxed) as f64 / 1_000_000.0
+            )
+        } else {
+            "not sold out".to_owned()
+        },
+    );
+    report.invariant("sold - units", sold - units, 0);
+    report.invariant("oversold units", (sold - units).max(0), 0);
+    report.invariant("sold - orders confirmed", sold - confirmed, 0);
+    if let Some(gw) = &t.gateway {
+        let captured = gw.charges().iter().filter(|c| c.captured).count() as i64;
+        report.invariant("duplicate charges", (captured - confirmed).max(0), 0);
+    }
     Ok(report)
 }

@@ -48,6 +48,14 @@ pub struct BenchArgs {
     /// commits and SQL statements each step of a purchase costs.
     #[arg(long)]
     pub profile: bool,
+    /// `flash-sale`: sell through a flash sale's waiting room and purchase tokens
+    /// (`--concurrency` customers join a sale of `--size` units, poll once a second, buy with
+    /// their tokens) instead of letting every buyer race the database.
+    #[arg(long)]
+    pub waiting_room: bool,
+    /// `checkout`: apply a 10 % coupon (no usage limit) to every purchase.
+    #[arg(long)]
+    pub coupon: bool,
 }
 
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -303,6 +311,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         "notify" => notify::run(&args).await?,
         "search" => search::run(&args).await?,
         "cart" => cart::run(&args).await?,
+        "flash-sale" if args.waiting_room => commerce::flash_sale_waiting_room(&args).await?,
         "flash-sale" => commerce::flash_sale(&args).await?,
         "checkout" => commerce::checkout(&args).await?,
         "db-commit" => commerce::db_commit(&args).await?,
