@@ -442,6 +442,7 @@ impl CheckoutService {
                 Some(shipping.amount),
                 Some(promo_customer.as_str()),
                 req.coupon_code.as_deref(),
+                &self.inner.store.open_for_cart(&req.cart_id).await?,
             )
             .await
             .map_err(api)?;

@@ -251,6 +251,16 @@ impl CheckoutStore {
         )
     }
 
+    /// Open checkouts of the cart (a new checkout of it supersedes them).
+    pub async fn open_for_cart(&self, cart_id: &str) -> StoreResult<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT id FROM checkouts WHERE cart_id = $1 AND status = 'open'")
+                .bind(cart_id)
+                .fetch_all(self.db.reader())
+                .await?,
+        )
+    }
+
     pub async fn expired_open(&self, now: Timestamp, limit: i64) -> StoreResult<Vec<String>> {
         Ok(sqlx::query_scalar("SELECT id FROM checkouts WHERE status = 'open' AND expires_at <= $1 ORDER BY expires_at LIMIT $2")
             .bind(now.as_micros())

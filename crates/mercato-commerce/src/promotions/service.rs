@@ -242,7 +242,14 @@ impl PromotionService {
             })
             .collect();
         let e = self
-            .evaluate_lines(currency, lines, None, cart.user_id.as_deref(), coupon_code)
+            .evaluate_lines(
+                currency,
+                lines,
+                None,
+                cart.user_id.as_deref(),
+                coupon_code,
+                &[],
+            )
             .await?;
         Ok(Discounts::of(&e, currency))
     }
@@ -258,6 +265,7 @@ impl PromotionService {
         shipping: Option<i64>,
         customer: Option<&str>,
         coupon_code: Option<&str>,
+        superseding: &[String],
     ) -> Result<Evaluation, PromotionError> {
         let product_ids: Vec<String> = lines.iter().map(|l| l.product_id.clone()).collect();
         let paths = if product_ids.is_empty() {
@@ -281,7 +289,7 @@ impl PromotionService {
             shipping,
             now: self.now(),
         };
-        let automatic = self.inner.store.automatic(currency).await?;
+        let mut automatic = self.inner.store.automatic(currency).await?;
         // Taken as sent: an empty or padded code is not a code (the schema's pattern).
         let coupon = match coupon_code {
             None => None,
@@ -299,13 +307,32 @@ impl PromotionService {
                 }
             }
         };
+        let mut coupon = coupon;
         let customer = customer.map(str::to_owned);
         let mut ids: Vec<String> = automatic.iter().map(|p| p.id.clone()).collect();
         ids.extend(coupon.iter().map(|p| p.id.clone()));
-        let uses = match &customer {
+        let mut uses = match &customer {
             Some(c) => self.inner.store.customer_uses(c, &ids).await?,
             None => Default::default(),
         };
+        // The open checkouts this one supersedes give their uses back in the same transaction
+        // that reserves the new ones: count them as available already, so re-checking out a
+        // cart whose older checkout holds a coupon's last use is not refused.
+        if !superseding.is_empty() {
+            for (promotion_id, holder, amount) in self.inner.store.reserved_by(superseding).await? {
+                for p in automatic.iter_mut().chain(coupon.iter_mut()) {
+                    if p.id == promotion_id {
+                        p.reserved = (p.reserved - 1).max(0);
+                        p.budget_reserved = (p.budget_reserved - amount).max(0);
+                    }
+                }
+                if customer.as_deref() == Some(holder.as_str())
+                    && let Some(u) = uses.get_mut(&promotion_id)
+                {
+                    *u = (*u - 1).max(0);
+                }
+            }
+        }
         let offer = |p: &PromotionRecord| -> Offer {
             let mine = customer
                 .as_ref()

@@ -302,6 +302,28 @@ impl PromotionStore {
         Ok(out)
     }
 
+    /// The uses the checkouts hold (status `reserved`): (promotion id, customer id, amount).
+    pub async fn reserved_by(
+        &self,
+        checkout_ids: &[String],
+    ) -> StoreResult<Vec<(String, String, i64)>> {
+        let mut out = Vec::new();
+        for chunk in checkout_ids.chunks(100) {
+            let ph: Vec<String> = (1..=chunk.len()).map(|i| format!("${i}")).collect();
+            let sql = format!(
+                "SELECT promotion_id, customer_id, amount FROM promotion_redemptions \
+                 WHERE status = 'reserved' AND checkout_id IN ({})",
+                ph.join(",")
+            );
+            let mut q = sqlx::query_as::<_, (String, String, i64)>(&sql);
+            for id in chunk {
+                q = q.bind(id);
+            }
+            out.extend(q.fetch_all(self.db.reader()).await?);
+        }
+        Ok(out)
+    }
+
     /// A promotion's redemptions, newest first, after the keyset `(created_at, id)`.
     pub async fn redemptions(
         &self,

@@ -844,6 +844,9 @@ pub async fn flash_sale_waiting_room(args: &BenchArgs) -> anyhow::Result<Report>
         );
         tasks.spawn(async move {
             let path = format!("/flash-sales/{sale_id}/queue/{ticket}");
+            // Real customers are not in lock-step: spread the first polls over the first
+            // second, then each polls a full second after its previous answer.
+            tokio::time::sleep(std::time::Duration::from_millis((i % 1000) as u64)).await;
             loop {
                 let p = permits.acquire().await?;
                 let t0 = Instant::now();
@@ -921,8 +924,9 @@ pub async fn flash_sale_waiting_room(args: &BenchArgs) -> anyhow::Result<Report>
                         bail!("poll: HTTP {status}: {body}");
                     }
                 }
-                // Once a second, as the room asks.
-                tokio::time::sleep(std::time::Duration::from_secs(1).saturating_sub(took)).await;
+                // Once a second, as the room asks (a full second after the answer, so two polls
+                // never reach the server less than a second apart).
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
             }
         });
     }

@@ -1081,6 +1081,34 @@ async fn one_customers_parallel_checkouts_never_pass_the_per_customer_limit() {
 }
 
 #[tokio::test]
+async fn checking_out_a_cart_again_reuses_the_last_use_its_older_checkout_held() {
+    let app = spawn_app().await;
+    let (admin, sku, de, _) = stocked(&app, "rco").await;
+    admin.set_stock(&sku, &de, 10).await;
+    let mut body = coupon("LASTONE", "percent_off", json!(1000));
+    body["usage_limit"] = json!(1);
+    body["per_customer_limit"] = json!(1);
+    let id = coupon_id(&admin, body).await;
+    let (c, cart) = buyer(&app, &sku, 1).await;
+    let first = checkout_with(&c, &cart, "LASTONE").await;
+    assert_eq!(first.status, 201, "{}", first.body);
+    // The new checkout supersedes the old one, whose use it takes over in one transaction.
+    let second = checkout_with(&c, &cart, "LASTONE").await;
+    assert_eq!(second.status, 201, "{}", second.body);
+    assert_eq!(second.body["discount"]["amount"], 100, "{}", second.body);
+    assert_eq!(counters(&admin, &id).await, (0, 1, 0, 100));
+    let old = c.get(&format!("/checkouts/{}", first.id())).await;
+    assert_eq!(old.body["status"], "cancelled", "{}", old.body);
+    // Someone else still finds it exhausted.
+    let (other, ocart) = buyer(&app, &sku, 1).await;
+    let r = checkout_with(&other, &ocart, "LASTONE").await;
+    assert_eq!(r.code(), "coupon_exhausted", "{}", r.body);
+    let r = c.pay(&second.id(), "tok_visa", "rco-1").await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(counters(&admin, &id).await, (1, 0, 100, 0));
+}
+
+#[tokio::test]
 async fn racing_coupon_checkouts_never_pass_the_budget() {
     let app = spawn_app().await;
     let (admin, sku, de, _) = stocked(&app, "bdg").await;
