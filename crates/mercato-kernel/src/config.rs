@@ -89,6 +89,8 @@ settings! {
     group_commit_max_delay_ms: u64 = 5;
     /// Redis URL for shared cache, rate limits and dedup (unset = in-process).
     redis_url: Option<String> = None;
+    /// Prefix of every key Mercato writes in Redis (several shops can share one Redis).
+    redis_key_prefix: String = "mercato:".to_owned();
     /// NATS URL for the event bus (unset = the embedded outbox log).
     nats_url: Option<String> = None;
     /// HS256 secret for access tokens; generated and persisted in the data dir when unset.

@@ -173,6 +173,149 @@ impl RateLimiter for MemoryRateLimiter {
     }
 }
 
+/// GCRA on Redis, so several nodes share one limit: the check-and-set is one Lua script (the
+/// same arithmetic as [`gcra`]; the script returns the stored TAT and the decision is recomputed
+/// here from it, so both implementations answer identically). Keys are `<prefix>rl:<key>` and
+/// expire when their bucket is full again. If Redis does not answer within `timeout` (or is
+/// unreachable), the node falls back to its own in-process limiter — limits then hold per node
+/// — with a warning at most once a minute and the counter `rate_limit_redis_fallbacks_total`;
+/// it reconnects in the background.
+pub struct RedisRateLimiter {
+    client: redis::Client,
+    conn: tokio::sync::RwLock<Option<redis::aio::ConnectionManager>>,
+    connecting: tokio::sync::Mutex<Option<std::time::Instant>>,
+    prefix: String,
+    clock: SharedClock,
+    fallback: MemoryRateLimiter,
+    script: redis::Script,
+    timeout: Duration,
+    last_warn: Mutex<Option<std::time::Instant>>,
+}
+
+const GCRA_LUA: &str = r#"
+local now = tonumber(ARGV[1])
+local t = tonumber(ARGV[2])
+local tolerance = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local stored = redis.call('GET', KEYS[1])
+local tat = now
+if stored then tat = math.max(tonumber(stored), now) end
+local charge = cost
+if charge < 1 then charge = 1 end
+local new_tat = tat + t * charge
+if new_tat - tolerance <= now and cost > 0 then
+  redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.floor((new_tat - now) / 1000) + 1)
+end
+if stored then return stored end
+return false
+"#;
+
+impl RedisRateLimiter {
+    /// Builds the limiter and tries to connect (within `timeout`); an unreachable Redis is not
+    /// an error here: the node starts on its fallback and keeps trying.
+    pub async fn connect(
+        url: &str,
+        prefix: &str,
+        clock: SharedClock,
+        timeout: Duration,
+    ) -> anyhow::Result<RedisRateLimiter> {
+        let client = redis::Client::open(url)
+            .map_err(|e| anyhow::anyhow!("redis_url {url:?} is not a Redis URL: {e}"))?;
+        let limiter = RedisRateLimiter {
+            client,
+            conn: tokio::sync::RwLock::new(None),
+            connecting: tokio::sync::Mutex::new(None),
+            prefix: prefix.to_owned(),
+            fallback: MemoryRateLimiter::new(clock.clone()),
+            clock,
+            script: redis::Script::new(GCRA_LUA),
+            timeout,
+            last_warn: Mutex::new(None),
+        };
+        limiter.reconnect().await;
+        Ok(limiter)
+    }
+
+    /// Whether a connection to Redis is currently held.
+    pub async fn connected(&self) -> bool {
+        self.conn.read().await.is_some()
+    }
+
+    async fn reconnect(&self) {
+        let Ok(mut last) = self.connecting.try_lock() else {
+            return; // someone else is connecting
+        };
+        if last.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        let made = tokio::time::timeout(
+            self.timeout.max(Duration::from_millis(500)),
+            redis::aio::ConnectionManager::new(self.client.clone()),
+        )
+        .await;
+        match made {
+            Ok(Ok(c)) => *self.conn.write().await = Some(c),
+            Ok(Err(e)) => self.warn(&format!("cannot connect: {e}")),
+            Err(_) => self.warn("connecting timed out"),
+        }
+    }
+
+    fn warn(&self, why: &str) {
+        metrics::counter!("rate_limit_redis_fallbacks_total").increment(1);
+        if let Ok(mut w) = self.last_warn.lock()
+            && w.is_none_or(|t| t.elapsed() >= Duration::from_secs(60))
+        {
+            *w = Some(std::time::Instant::now());
+            tracing::warn!(
+                reason = why,
+                "Redis rate limiter unavailable: limits hold per node until it answers"
+            );
+        }
+    }
+
+    async fn shared(&self, key: &str, quota: Quota, cost: u32) -> Option<Decision> {
+        let conn = self.conn.read().await.clone();
+        let Some(mut conn) = conn else {
+            self.reconnect().await;
+            return None;
+        };
+        let now = self.clock.now();
+        let t = quota.emission_interval_us();
+        let mut invocation = self.script.key(format!("{}rl:{key}", self.prefix));
+        invocation
+            .arg(now.as_micros())
+            .arg(t)
+            .arg(t * i64::from(quota.burst))
+            .arg(cost);
+        let call = invocation.invoke_async::<Option<String>>(&mut conn);
+        match tokio::time::timeout(self.timeout, call).await {
+            Ok(Ok(stored)) => {
+                let tat = stored.and_then(|s| s.parse::<i64>().ok());
+                Some(gcra(tat, now, quota, cost.max(1)).0)
+            }
+            Ok(Err(e)) => {
+                self.warn(&e.to_string());
+                None
+            }
+            Err(_) => {
+                self.warn("timed out");
+                None
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RateLimiter for RedisRateLimiter {
+    async fn check(&self, key: &str, quota: Quota, cost: u32) -> Decision {
+        match self.shared(key, quota, cost).await {
+            Some(d) => d,
+            None => self.fallback.check(key, quota, cost).await,
+        }
+    }
+}
+
 /// Quotas applied to every API request.
 #[derive(Clone, Copy, Debug)]
 pub struct HttpQuotas {
@@ -249,5 +392,78 @@ mod tests {
         assert!(rl.check("k", q, 0).await.allowed);
         assert!(rl.check("k", q, 1).await.allowed);
         assert!(!rl.check("k", q, 0).await.allowed);
+    }
+
+    fn redis_url() -> Option<String> {
+        let url = std::env::var("MERCATO_TEST_REDIS_URL")
+            .ok()
+            .filter(|u| !u.is_empty());
+        if url.is_none() {
+            eprintln!("MERCATO_TEST_REDIS_URL unset: Redis rate-limit test skipped");
+        }
+        url
+    }
+
+    async fn redis_limiter(url: &str, prefix: &str, clock: SharedClock) -> RedisRateLimiter {
+        match RedisRateLimiter::connect(url, prefix, clock, Duration::from_millis(500)).await {
+            Ok(r) => r,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn two_nodes_share_one_redis_limit_and_answer_like_the_memory_limiter() {
+        let Some(url) = redis_url() else { return };
+        let clock = Arc::new(ManualClock::at(Timestamp::from_micros(2_000_000_000)));
+        let prefix = format!("mercato-test-{}:", crate::id::random_hex(6));
+        let a = redis_limiter(&url, &prefix, clock.clone()).await;
+        let b = redis_limiter(&url, &prefix, clock.clone()).await;
+        assert!(a.connected().await && b.connected().await);
+        let memory = MemoryRateLimiter::new(clock.clone());
+        let q = Quota::new(5, Duration::from_secs(10));
+        // Five allowed in all, whichever node they reach; the sixth is refused on both.
+        for i in 0..5 {
+            let node = if i % 2 == 0 { &a } else { &b };
+            let d = node.check("login:ada", q, 1).await;
+            assert_eq!(d, memory.check("login:ada", q, 1).await, "request {i}");
+            assert!(d.allowed, "request {i}");
+        }
+        let refused = b.check("login:ada", q, 1).await;
+        assert!(!refused.allowed);
+        assert_eq!(refused, memory.check("login:ada", q, 1).await);
+        assert_eq!(refused.retry_after, Duration::from_secs(2));
+        assert!(
+            !a.check("login:ada", q, 0).await.allowed,
+            "a peek sees it too"
+        );
+        clock.advance(Duration::from_secs(2));
+        assert!(a.check("login:ada", q, 1).await.allowed);
+        assert!(!b.check("login:ada", q, 1).await.allowed);
+        // Another key is another bucket.
+        assert!(b.check("login:bob", q, 1).await.allowed);
+    }
+
+    #[tokio::test]
+    async fn an_unreachable_redis_falls_back_to_per_node_limits() {
+        let clock = Arc::new(ManualClock::at(Timestamp::from_micros(2_000_000_000)));
+        let rl = redis_limiter("redis://127.0.0.1:1/", "x:", clock).await;
+        assert!(!rl.connected().await);
+        let q = Quota::new(2, Duration::from_secs(10));
+        assert!(rl.check("k", q, 1).await.allowed);
+        assert!(rl.check("k", q, 1).await.allowed);
+        assert!(
+            !rl.check("k", q, 1).await.allowed,
+            "still limited, on this node"
+        );
+        assert!(
+            RedisRateLimiter::connect(
+                "not a url",
+                "x:",
+                Arc::new(ManualClock::default()),
+                Duration::from_millis(10)
+            )
+            .await
+            .is_err()
+        );
     }
 }

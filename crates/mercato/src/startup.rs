@@ -103,13 +103,28 @@ async fn build_state_with_gateway(
         settings.sse_max_streams_per_user,
         settings.sse_max_streams_per_ip,
     ));
+    // Rate limits are shared by every node through Redis when it is configured (falling back
+    // per node while it does not answer), else kept in this process.
+    let rate_limiter: Arc<dyn mercato_kernel::ratelimit::RateLimiter> =
+        match settings.redis_url.as_deref().map(str::trim) {
+            Some(url) if !url.is_empty() => Arc::new(
+                mercato_kernel::ratelimit::RedisRateLimiter::connect(
+                    url,
+                    &settings.redis_key_prefix,
+                    clock.clone(),
+                    Duration::from_millis(250),
+                )
+                .await?,
+            ),
+            _ => Arc::new(MemoryRateLimiter::new(clock.clone())),
+        };
     let kernel = Kernel {
         streams,
         settings: Arc::new(settings),
         db,
         clock: clock.clone(),
         bus: bus.clone(),
-        rate_limiter: Arc::new(MemoryRateLimiter::new(clock)),
+        rate_limiter,
         stock_gate: Arc::new(mercato_kernel::gate::MemoryStockGate::default()),
         failpoints: mercato_kernel::Failpoints::default(),
     };

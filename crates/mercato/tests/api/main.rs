@@ -26,6 +26,7 @@ mod openapi;
 mod orders;
 mod outbox;
 mod promotions;
+mod redis;
 mod search;
 mod webhooks;
 
