@@ -91,6 +91,7 @@
             --generation-database none \
             --no-color \
             --exclude-path /api/v1/me/inbox/stream \
+            --exclude-path '/api/v1/live/streams/{id}/events' \
             || st_rc=$?
         case "$st_rc" in
             0) ;;

@@ -139,6 +139,8 @@ registry! {
     FlashSaleStarted => flash_sales::FlashSaleStarted,
     FlashSaleSoldOut => flash_sales::FlashSaleSoldOut,
     FlashSaleEnded => flash_sales::FlashSaleEnded,
+    LiveStreamStarted => live::StreamStarted,
+    LiveStreamEnded => live::StreamEnded,
 }
 
 #[cfg(test)]

@@ -194,6 +194,15 @@ fn samples() -> Vec<(&'static str, Value)> {
             "flash_sale.ended",
             json!({"sale_id": "fls_1", "sku": "TEE-1", "units": 50, "sold": 48, "returned": 2}),
         ),
+        (
+            "live.stream_started",
+            json!({"stream_id": "lst_1", "seller_id": "usr_s", "title": "Spring drop",
+                   "product_ids": ["prd_1"]}),
+        ),
+        (
+            "live.stream_ended",
+            json!({"stream_id": "lst_1", "seller_id": "usr_s", "comments": 12}),
+        ),
     ]
 }
 

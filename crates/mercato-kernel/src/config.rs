@@ -256,6 +256,24 @@ settings! {
     links_click_retention_days: u64 = 90;
     /// Links: trusted CDN header carrying the visitor's country (ISO 3166 alpha-2); empty = none.
     links_country_header: String = "cf-ipcountry".into();
+    /// Live: how far back `Last-Event-ID` replays a stream's events from memory (older ids get a `gap` event), seconds.
+    live_replay_secs: u64 = 300;
+    /// Live: most events of one stream held for replay, however recent.
+    live_replay_max_events: u64 = 10000;
+    /// Live: events buffered per SSE subscriber; a subscriber this far behind is disconnected (it resumes with `Last-Event-ID`).
+    live_subscriber_buffer: u64 = 256;
+    /// Live: how often each node reads events of its watched streams written by other nodes (and fills any hole), milliseconds.
+    live_poll_ms: u64 = 500;
+    /// Live: how often subscribers get a `viewers` event, seconds.
+    live_viewers_every_secs: u64 = 5;
+    /// Live: the `retry:` hint sent first on every stream (client reconnect delay), milliseconds.
+    live_retry_ms: u64 = 2000;
+    /// Live: interval of the keep-alive comment lines on idle streams, seconds.
+    live_keepalive_secs: u64 = 15;
+    /// Live: comments allowed per user per stream per second.
+    live_comments_per_second: u32 = 1;
+    /// Live: comments allowed per user per stream in any 60 seconds.
+    live_comments_per_minute: u32 = 20;
 }
 
 trait FromSetting: Sized {

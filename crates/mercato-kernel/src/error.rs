@@ -111,6 +111,10 @@ error_codes! {
     InvalidWebhook => (400, "invalid_webhook", "The webhook is from an unknown provider or its signature is invalid");
     // --- merchant webhooks ---
     InvalidWebhookUrl => (422, "invalid_webhook_url", "The webhook URL must be http(s) and resolve to public addresses");
+    // --- live streams ---
+    Banned => (403, "banned", "You are banned from posting in this stream");
+    StreamNotLive => (409, "stream_not_live", "The stream is not live");
+    StreamTransition => (409, "stream_transition", "The stream cannot change to that status");
 }
 
 /// One failed field of a 422.

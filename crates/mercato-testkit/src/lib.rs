@@ -61,6 +61,8 @@ pub struct TestApp {
     pub webhooks: mercato_webhooks::Webhooks,
     /// The URL shortener (cache counters, click queue, stores).
     pub links: mercato_links::Links,
+    /// Live streams (hub, store).
+    pub live: mercato_live::Live,
     pub clock: Arc<TestClock>,
     pub settings: Settings,
     /// The in-process payment gateway simulator (inspect charges and refunds, inject faults).
@@ -157,6 +159,7 @@ async fn start(
     let notify = app.notify();
     let webhooks = app.webhooks();
     let links = app.links();
+    let live = app.live();
     let stopper = app.stopper();
     let server = tokio::spawn(app.run_until(std::future::pending()));
     let address = format!("http://{addr}");
@@ -168,6 +171,7 @@ async fn start(
         notify,
         webhooks,
         links,
+        live,
         clock,
         settings,
         gateway,

@@ -6,6 +6,7 @@ pub mod bench;
 pub mod cli;
 pub mod demo;
 pub mod gateway;
+pub mod live;
 pub mod notify;
 pub mod routes;
 pub mod startup;

@@ -54,6 +54,7 @@ pub fn api(
     notify: mercato_notify::NotifyState,
     webhooks: mercato_webhooks::Webhooks,
     links: mercato_links::Links,
+    live: mercato_live::Live,
 ) -> (axum::Router<AppState>, utoipa::openapi::OpenApi) {
     let v1 = OpenApiRouter::<AppState>::new()
         .merge(mercato_commerce::router())
@@ -62,7 +63,9 @@ pub fn api(
         .merge(mercato_notify::router().with_state(notify))
         .merge(mercato_webhooks::router().with_state(webhooks))
         // So do short links.
-        .merge(mercato_links::router().with_state(links));
+        .merge(mercato_links::router().with_state(links))
+        // And live streams.
+        .merge(mercato_live::router().with_state(live));
     let (router, mut doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .nest("/api/v1", v1)
         .split_for_parts();
@@ -77,9 +80,10 @@ pub fn build_router(
     notify: mercato_notify::NotifyState,
     webhooks: mercato_webhooks::Webhooks,
     links: mercato_links::Links,
+    live: mercato_live::Live,
 ) -> Router {
     let settings = state.kernel.settings.clone();
-    let (api, openapi) = api(notify, webhooks, links.clone());
+    let (api, openapi) = api(notify, webhooks, links.clone(), live);
     let openapi = Arc::new(openapi.to_json().unwrap_or_else(|_| "{}".into()));
 
     let idempotency = Arc::new(IdempotencyStore {

@@ -36,6 +36,7 @@ pub struct Application {
     notify: mercato_notify::Notifier,
     webhooks: mercato_webhooks::Webhooks,
     links: mercato_links::Links,
+    live: mercato_live::Live,
     /// The dedicated short-link listener (`links_addr`).
     links_listener: Option<TcpListener>,
     trigger: ShutdownTrigger,
@@ -178,6 +179,12 @@ impl Application {
             &state.kernel.settings,
         )?;
         bus.subscribe(mercato_links::consumer(&links));
+        let live = mercato_live::build(
+            &state.kernel,
+            std::sync::Arc::new(crate::live::ShopDirectory::new(state.clone())),
+            shutdown.clone(),
+        );
+        bus.subscribe(mercato_live::consumer(&live));
         let links_listener = match state.kernel.settings.links_addr.as_deref() {
             Some(a) if role.runs_api() && !a.trim().is_empty() => {
                 let l = TcpListener::bind(a.trim())
@@ -196,6 +203,7 @@ impl Application {
             notify,
             webhooks,
             links,
+            live,
             links_listener,
             trigger,
             shutdown,
@@ -236,6 +244,11 @@ impl Application {
     /// The URL shortener.
     pub fn links(&self) -> mercato_links::Links {
         self.links.clone()
+    }
+
+    /// Live streams.
+    pub fn live(&self) -> mercato_live::Live {
+        self.live.clone()
     }
 
     /// A handle that stops the application (same as SIGTERM).
@@ -386,6 +399,7 @@ impl Application {
                     self.notify.clone(),
                     self.webhooks.clone(),
                     self.links.clone(),
+                    self.live.clone(),
                 );
                 let mut stop_server = stop.clone();
                 Some(tokio::spawn(async move {

@@ -82,6 +82,14 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+    // A live stream showing the product while it sells (its `product` events come from the
+    // stock changes below), ended later.
+    let stream = post_ok(
+        &admin,
+        "/live/streams",
+        json!({"title": "Events live", "product_ids": [product_id]}),
+    )
+    .await;
     post_ok(&admin, &format!("/orders/{oid}/fulfil"), json!({})).await;
     post_ok(
         &admin,
@@ -141,6 +149,13 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
     assert!(chargeback.is_some(), "the chargeback was never delivered");
     let o = admin.order(&text(&order3["id"])).await;
     assert_eq!(o.body["flagged_for_review"], true, "{}", o.body);
+
+    post_ok(
+        &admin,
+        &format!("/live/streams/{}/end", text(&stream["id"])),
+        json!({}),
+    )
+    .await;
 
     // A coupon: redeemed when its checkout is paid, released when the order is cancelled
     // before shipping.

@@ -21,6 +21,7 @@ mod idempotency;
 mod identity;
 mod inventory;
 mod links;
+mod live;
 mod notifications;
 mod openapi;
 mod orders;
