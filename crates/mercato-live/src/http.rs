@@ -100,6 +100,11 @@ async fn list_streams(
         cursor: q.cursor,
     }
     .parse::<(i64, String)>()?;
+    if let Some(seller) = q.seller_id.as_deref()
+        && seller.contains('\0')
+    {
+        return Err(ApiError::new(Code::InvalidQuery).detail("seller_id is not a user id"));
+    }
     let rows = l
         .list(status, q.seller_id.as_deref(), page.after, page.limit)
         .await?;

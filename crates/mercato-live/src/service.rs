@@ -211,6 +211,10 @@ impl Live {
 
     /// A stream or 404.
     pub async fn stream(&self, id: &str) -> Result<StreamRow, ApiError> {
+        // Nothing that is not a stream id can name one (and a NUL byte never reaches SQL).
+        if !mercato_kernel::id::is_valid("lst", id) {
+            return Err(ApiError::not_found());
+        }
         self.0
             .store
             .stream(id)
@@ -542,6 +546,9 @@ impl Live {
 
     /// Deletes a comment (its stream's seller or an admin) and pushes `comment_deleted`.
     pub async fn delete_comment(&self, who: &Principal, id: &str) -> Result<(), ApiError> {
+        if !mercato_kernel::id::is_valid("lcm", id) {
+            return Err(ApiError::not_found());
+        }
         let c = self
             .0
             .store
