@@ -120,6 +120,8 @@ async fn build_state_with_gateway(
         gw.client.clone(),
         gw.webhook_secret.clone(),
     )?;
+    // The fraud caches (rules, blocklist, model, features) before the first payment.
+    state.fraud.refresh().await?;
     Ok((state, bus, gw))
 }
 
