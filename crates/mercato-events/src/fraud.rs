@@ -56,7 +56,12 @@ pub struct FraudReviewApproved {
     /// Who approved it.
     pub actor: String,
 }
-crate::payload!(FraudReviewApproved, "fraud.review_approved", "order", order_id);
+crate::payload!(
+    FraudReviewApproved,
+    "fraud.review_approved",
+    "order",
+    order_id
+);
 
 /// `fraud.review_rejected`: an admin rejected an order held for review as fraud; it is
 /// cancelled and refunded in full (its `order.cancelled` and `payment.refunded` follow).
@@ -68,4 +73,9 @@ pub struct FraudReviewRejected {
     pub actor: String,
     pub reason: String,
 }
-crate::payload!(FraudReviewRejected, "fraud.review_rejected", "order", order_id);
+crate::payload!(
+    FraudReviewRejected,
+    "fraud.review_rejected",
+    "order",
+    order_id
+);

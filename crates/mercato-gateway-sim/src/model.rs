@@ -78,9 +78,8 @@ impl TokenBehaviour {
     /// The behaviour of a `tok_…` source. Unknown tokens decline with `invalid_token`.
     pub fn of(token: &str) -> TokenBehaviour {
         match token {
-            "tok_visa" | "tok_mastercard" | "tok_visa_gb" | "tok_shared_card" | "tok_fraudulent" => {
-                TokenBehaviour::Approve
-            }
+            "tok_visa" | "tok_mastercard" | "tok_visa_gb" | "tok_shared_card"
+            | "tok_fraudulent" => TokenBehaviour::Approve,
             "tok_chargeDeclined" => TokenBehaviour::Decline("card_declined"),
             "tok_insufficientFunds" => TokenBehaviour::Decline("insufficient_funds"),
             "tok_timeout" => TokenBehaviour::CaptureThenHang,

@@ -133,6 +133,8 @@ settings! {
     fraud_features_refresh_secs: u64 = 300;
     /// How often the fraud model is retrained in the background, seconds.
     fraud_train_every_secs: u64 = 86_400;
+    /// Fraud rules that start disabled until an admin enables them (comma-separated names, e.g. `card_country_mismatch`).
+    fraud_rules_off: String = String::new();
     /// Payment gateway base URL (unset = the in-process simulator).
     gateway_url: Option<String> = None;
     /// Payment gateway request timeout, milliseconds.

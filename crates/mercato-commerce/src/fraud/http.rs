@@ -108,7 +108,9 @@ async fn add_block(
     body: DeferredJson<BlockInput>,
 ) -> Result<impl IntoResponse, ApiError> {
     let b = body.parse()?;
-    Ok(created(s.fraud.add_block(&p, &b.kind, &b.value, b.reason).await?))
+    Ok(created(
+        s.fraud.add_block(&p, &b.kind, &b.value, b.reason).await?,
+    ))
 }
 
 /// Take an entry off the blocklist.

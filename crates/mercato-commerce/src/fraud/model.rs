@@ -88,7 +88,9 @@ impl RuleName {
             RuleName::HighValueNewAccount => {
                 "order above min_amount (minor units) from an account younger than max_account_age_days"
             }
-            RuleName::CardCountryMismatch => "card issuing country differs from the shipping country",
+            RuleName::CardCountryMismatch => {
+                "card issuing country differs from the shipping country"
+            }
             RuleName::GeoVelocity => {
                 "client country of this and the previous order (within window_secs) too far apart for max_speed_kmh"
             }
@@ -103,15 +105,18 @@ impl RuleName {
                 ("flag_above", 0, 1_000_000),
                 ("block_above", 0, 1_000_000),
             ],
-            RuleName::PaymentAttempts => &[("window_secs", 1, 86_400), ("block_above", 0, i64::MAX)],
+            RuleName::PaymentAttempts => {
+                &[("window_secs", 1, 86_400), ("block_above", 0, i64::MAX)]
+            }
             RuleName::OrderAmount => &[("flag_above", 0, i64::MAX), ("block_above", 0, i64::MAX)],
             RuleName::HighValueNewAccount => &[
                 ("min_amount", 0, i64::MAX),
                 ("max_account_age_days", 0, 36_500),
             ],
-            RuleName::GeoVelocity => {
-                &[("window_secs", 1, 30 * 86_400), ("max_speed_kmh", 1, 100_000)]
-            }
+            RuleName::GeoVelocity => &[
+                ("window_secs", 1, 30 * 86_400),
+                ("max_speed_kmh", 1, 100_000),
+            ],
             RuleName::Blocklist | RuleName::CardCountryMismatch => &[],
         }
     }
@@ -277,8 +282,13 @@ impl BlockKind {
             return None;
         }
         match self {
-            BlockKind::Email => crate::identity::model::Email::parse(raw).map(|e| e.as_str().to_owned()),
-            BlockKind::Ip => raw.parse::<std::net::IpAddr>().ok().map(|ip| ip.to_string()),
+            BlockKind::Email => {
+                crate::identity::model::Email::parse(raw).map(|e| e.as_str().to_owned())
+            }
+            BlockKind::Ip => raw
+                .parse::<std::net::IpAddr>()
+                .ok()
+                .map(|ip| ip.to_string()),
             BlockKind::CardFingerprint | BlockKind::DeviceId => raw
                 .chars()
                 .all(|c| c.is_ascii_graphic())
@@ -357,7 +367,11 @@ pub fn evaluate(
             RuleName::Blocklist => {
                 if !blocked.is_empty() {
                     let kinds: Vec<&str> = blocked.iter().map(|k| k.as_str()).collect();
-                    hit(r, r.action, format!("{} on the blocklist", kinds.join(", ")));
+                    hit(
+                        r,
+                        r.action,
+                        format!("{} on the blocklist", kinds.join(", ")),
+                    );
                 }
             }
             RuleName::Velocity => {
@@ -730,7 +744,11 @@ impl Model {
     /// The risk score in [0, 1].
     pub fn score(&self, x: &[f64]) -> f64 {
         let s = sigmoid(self.z(x));
-        if s.is_finite() { s.clamp(0.0, 1.0) } else { 0.0 }
+        if s.is_finite() {
+            s.clamp(0.0, 1.0)
+        } else {
+            0.0
+        }
     }
 
     /// The `k` features that moved the score most, largest first.
@@ -785,15 +803,30 @@ pub enum TrainError {
 /// Fewest labelled examples to train from.
 pub const MIN_SAMPLES: usize = 10;
 
-/// Whether a sample belongs to the held-out fifth: a stable hash of its id, so the same
-/// history splits the same way on every run.
-pub fn held_out(id: &str) -> bool {
-    let h = id
-        .bytes()
-        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-        });
-    h % 5 == 0
+fn stable_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// Splits samples into (fit, held out): a fifth of each class (at least one when the class
+/// has two or more), chosen by a stable hash of the id, so the same history splits the same
+/// way on every run and a small history still holds out both classes.
+pub fn split(samples: &[Sample]) -> (Vec<&Sample>, Vec<&Sample>) {
+    let mut fit = Vec::new();
+    let mut test = Vec::new();
+    for class in [true, false] {
+        let mut of: Vec<&Sample> = samples.iter().filter(|s| s.fraud == class).collect();
+        of.sort_by_key(|s| (stable_hash(&s.id), s.id.clone()));
+        let k = if of.len() >= 2 {
+            of.len().div_ceil(5)
+        } else {
+            0
+        };
+        test.extend(of.iter().take(k).copied());
+        fit.extend(of.iter().skip(k).copied());
+    }
+    (fit, test)
 }
 
 /// Trains a logistic regression by batch gradient descent with L2 regularisation on
@@ -810,12 +843,8 @@ pub fn train(
             need: MIN_SAMPLES,
         });
     }
-    let (test, mut fit): (Vec<&Sample>, Vec<&Sample>) = samples.iter().partition(|s| held_out(&s.id));
-    // A tiny history may hold every example of a class out: then fit on all of it.
+    let (fit, test) = split(samples);
     let classes = |v: &[&Sample]| (v.iter().any(|s| s.fraud), v.iter().any(|s| !s.fraud));
-    if classes(&fit) != (true, true) {
-        fit = samples.iter().collect();
-    }
     if classes(&fit) != (true, true) {
         return Err(TrainError::OneClass);
     }
@@ -847,7 +876,10 @@ pub fn train(
         })
         .collect();
     let positives = fit.iter().filter(|s| s.fraud).count() as f64;
-    let (wp, wn) = (count / (2.0 * positives), count / (2.0 * (count - positives)));
+    let (wp, wn) = (
+        count / (2.0 * positives),
+        count / (2.0 * (count - positives)),
+    );
     let mut w = vec![0.0; n];
     let mut b = 0.0;
     let (rate, l2) = (0.5, 1e-3);
@@ -886,7 +918,10 @@ pub fn train(
 /// AUC (the probability that a fraud example scores above a legitimate one, ties half),
 /// precision, recall and false-positive rate at `threshold`.
 pub fn evaluate_model(model: &Model, samples: &[&Sample], threshold: f64) -> Metrics {
-    let scored: Vec<(f64, bool)> = samples.iter().map(|s| (model.score(&s.x), s.fraud)).collect();
+    let scored: Vec<(f64, bool)> = samples
+        .iter()
+        .map(|s| (model.score(&s.x), s.fraud))
+        .collect();
     let pos: Vec<f64> = scored.iter().filter(|s| s.1).map(|s| s.0).collect();
     let neg: Vec<f64> = scored.iter().filter(|s| !s.1).map(|s| s.0).collect();
     let auc = if pos.is_empty() || neg.is_empty() {
@@ -1067,7 +1102,13 @@ mod tests {
         let h = evaluate(&r, &s, &Counts::default(), &[], now());
         assert_eq!(h[0].rule, RuleName::CardCountryMismatch);
         assert_eq!(h[0].action, Action::Flag);
-        let h = evaluate(&r, &signals(), &Counts::default(), &[BlockKind::Email], now());
+        let h = evaluate(
+            &r,
+            &signals(),
+            &Counts::default(),
+            &[BlockKind::Email],
+            now(),
+        );
         assert_eq!(h[0].action, Action::Block);
     }
 
@@ -1077,10 +1118,16 @@ mod tests {
         let mut s = signals();
         s.ip_country = Some("JP".into());
         let prev = |secs: i64| Counts {
-            previous_geo: Some(("US", now().minus(std::time::Duration::from_secs(secs as u64)))),
+            previous_geo: Some((
+                "US",
+                now().minus(std::time::Duration::from_secs(secs as u64)),
+            )),
             ..Counts::default()
         };
-        assert_eq!(evaluate(&r, &s, &prev(600), &[], now())[0].rule, RuleName::GeoVelocity);
+        assert_eq!(
+            evaluate(&r, &s, &prev(600), &[], now())[0].rule,
+            RuleName::GeoVelocity
+        );
         // Two days later is outside the window.
         assert!(evaluate(&r, &s, &prev(2 * 86_400), &[], now()).is_empty());
         s.ip_country = Some("US".into());
@@ -1179,7 +1226,11 @@ mod tests {
             address_key: "a".into(),
             at: now().minus(day * days),
         };
-        let history = vec![h(1000, 1, "d1", false), h(3000, 10, "d2", true), h(5000, 60, "d3", false)];
+        let history = vec![
+            h(1000, 1, "d1", false),
+            h(3000, 10, "d2", true),
+            h(5000, 60, "d3", false),
+        ];
         let f = compute_features(&history, &HashMap::new(), now());
         let f = &f["usr_1"];
         assert_eq!(f.order_count_30d, 2.0);

@@ -4,8 +4,8 @@
 
 use super::model::{
     self, Action, BlockEntry, BlockEntryId, BlockKind, Contribution, Counts, CustomerFeatures,
-    DecisionId, Defaults, Metrics, Model, ReviewId, Rule, RuleName, RulePatch, Sample,
-    Signals, Verdict,
+    DecisionId, Defaults, Metrics, Model, ReviewId, Rule, RuleName, RulePatch, Sample, Signals,
+    Verdict,
 };
 use super::store::{DecisionRow, FeatureDoc, FraudStore, ModelRow, ReviewRow};
 use crate::orders::OrderService;
@@ -213,6 +213,8 @@ struct Inner {
     store: FraudStore,
     orders: OrderService,
     defaults: Defaults,
+    /// Rules whose built-in configuration starts disabled (`fraud_rules_off`).
+    rules_off: Vec<RuleName>,
     block_at: f64,
     review_at: f64,
     rules: RwLock<Arc<Vec<Rule>>>,
@@ -263,6 +265,12 @@ impl FraudService {
             max_attempts_per_hour: s.fraud_max_attempts_per_hour,
         };
         let permille = |v: i64| (v.clamp(0, 1000) as f64) / 1000.0;
+        let off: Vec<RuleName> = s
+            .fraud_rules_off
+            .split(',')
+            .filter_map(|n| RuleName::parse(n.trim()))
+            .collect();
+        let defaults_off = off.clone();
         FraudService {
             inner: Arc::new(Inner {
                 store: FraudStore::new(kernel.db.clone()),
@@ -274,8 +282,13 @@ impl FraudService {
                     RuleName::ALL
                         .iter()
                         .map(|n| Rule::default_for(*n, defaults))
+                        .map(|mut r| {
+                            r.enabled &= !defaults_off.contains(&r.name);
+                            r
+                        })
                         .collect(),
                 )),
+                rules_off: off,
                 blocklist: RwLock::new(Arc::new(HashSet::new())),
                 features: RwLock::new(Arc::new(HashMap::new())),
                 serving: RwLock::new(Arc::new(Serving {
@@ -293,6 +306,13 @@ impl FraudService {
 
     fn now(&self) -> Timestamp {
         self.inner.kernel.clock.now()
+    }
+
+    /// A rule's built-in configuration (disabled when listed in `fraud_rules_off`).
+    fn builtin(&self, name: RuleName) -> Rule {
+        let mut r = Rule::default_for(name, self.inner.defaults);
+        r.enabled &= !self.inner.rules_off.contains(&name);
+        r
     }
 
     /// Database reads made so far to fill the scoring caches.
@@ -339,11 +359,7 @@ impl FraudService {
         };
         let counter = &self.inner.counter;
         let card_uses = match &signals.card_fingerprint {
-            Some(fp) => counter.hit(
-                &format!("card:{fp}"),
-                now,
-                window(RuleName::Velocity, 600),
-            ),
+            Some(fp) => counter.hit(&format!("card:{fp}"), now, window(RuleName::Velocity, 600)),
             None => 0,
         };
         let customer_attempts = counter.hit(
@@ -373,7 +389,10 @@ impl FraudService {
                 }
             };
             check(BlockKind::Email, signals.email.as_deref());
-            check(BlockKind::CardFingerprint, signals.card_fingerprint.as_deref());
+            check(
+                BlockKind::CardFingerprint,
+                signals.card_fingerprint.as_deref(),
+            );
             check(BlockKind::Ip, Some(signals.ip.as_str()));
             check(BlockKind::DeviceId, signals.device_id.as_deref());
             out
@@ -424,11 +443,7 @@ impl FraudService {
 
     /// Stores a decision in the caller's (the checkout's intent) transaction; a block also
     /// writes `fraud.blocked`.
-    pub async fn record_tx(
-        tx: &mut Tx,
-        a: &Assessment,
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
+    pub async fn record_tx(tx: &mut Tx, a: &Assessment, now: Timestamp) -> Result<(), StoreError> {
         FraudStore::insert_decision_tx(tx, &a.row).await?;
         if a.verdict == Verdict::Block {
             outbox::append(
@@ -524,7 +539,7 @@ impl FraudService {
                         r.description = Rule::default_for(*n, self.inner.defaults).description;
                         r
                     })
-                    .unwrap_or_else(|| Rule::default_for(*n, self.inner.defaults))
+                    .unwrap_or_else(|| self.builtin(*n))
             })
             .collect();
         write(&self.inner.rules, Arc::new(rules));
@@ -601,7 +616,7 @@ impl FraudService {
             .rules()
             .into_iter()
             .find(|r| r.name == name)
-            .unwrap_or_else(|| Rule::default_for(name, self.inner.defaults));
+            .unwrap_or_else(|| self.builtin(name));
         let next = patch.apply(&current).map_err(api)?;
         self.inner.store.put_rule(&next, self.now()).await?;
         self.reload_rules().await?;
@@ -653,8 +668,9 @@ impl FraudService {
         match self.inner.store.add_block(&e, &actor.subject).await {
             Ok(()) => {}
             Err(StoreError::Conflict(_)) => {
-                return Err(api(ApiError::new(Code::Conflict)
-                    .detail("this value is already on the blocklist")));
+                return Err(api(
+                    ApiError::new(Code::Conflict).detail("this value is already on the blocklist")
+                ));
             }
             Err(other) => return Err(other.into()),
         }
@@ -662,7 +678,11 @@ impl FraudService {
         Ok(e)
     }
 
-    pub async fn remove_block(&self, actor: &Principal, id: &str) -> Result<BlockEntry, FraudError> {
+    pub async fn remove_block(
+        &self,
+        actor: &Principal,
+        id: &str,
+    ) -> Result<BlockEntry, FraudError> {
         let e = self
             .inner
             .store
@@ -723,7 +743,12 @@ impl FraudService {
     /// decision is labelled legitimate. Only an open review can be approved; approving an
     /// approved one again answers it unchanged; a rejected one is 409 `review_decided`.
     pub async fn approve(&self, actor: &Principal, id: &str) -> Result<Review, FraudError> {
-        let r = self.inner.store.review(id).await?.ok_or(FraudError::NotFound)?;
+        let r = self
+            .inner
+            .store
+            .review(id)
+            .await?
+            .ok_or(FraudError::NotFound)?;
         let now = self.now();
         let mut tx = self.inner.store.db().begin().await?;
         let won = FraudStore::decide_review_tx(&mut tx, id, "approved", &actor.subject, None, now)
@@ -766,7 +791,12 @@ impl FraudService {
                 "reason is required (≤ 500 chars)",
             )));
         }
-        let r = self.inner.store.review(id).await?.ok_or(FraudError::NotFound)?;
+        let r = self
+            .inner
+            .store
+            .review(id)
+            .await?
+            .ok_or(FraudError::NotFound)?;
         let now = self.now();
         let mut tx = self.inner.store.db().begin().await?;
         let won = FraudStore::decide_review_tx(
@@ -795,7 +825,12 @@ impl FraudService {
             tx.commit().await?;
         } else {
             tx.rollback().await?;
-            let current = self.inner.store.review(id).await?.ok_or(FraudError::NotFound)?;
+            let current = self
+                .inner
+                .store
+                .review(id)
+                .await?
+                .ok_or(FraudError::NotFound)?;
             if current.status != "rejected" {
                 return self.already_decided(id, "rejected").await;
             }
@@ -809,7 +844,11 @@ impl FraudService {
         match self
             .inner
             .orders
-            .cancel(&system, &r.order_id, &format!("fraud review rejected: {reason}"))
+            .cancel(
+                &system,
+                &r.order_id,
+                &format!("fraud review rejected: {reason}"),
+            )
             .await
         {
             Ok(_) => {}
@@ -926,10 +965,13 @@ impl FraudService {
             metrics::counter!("fraud_model_trainings_total", "outcome" => "failed").increment(1);
             api(ApiError::new(Code::ModelTrainingFailed).detail(why))
         };
+        if self.inner.kernel.failpoints.is_on("fraud.train") {
+            return Err(failed("training failed (failpoint fraud.train)".into()));
+        }
         let (model, metrics) = model::train(&samples, version, self.inner.review_at)
             .map_err(|e| failed(e.to_string()))?;
         if current.row.is_some() {
-            let held: Vec<&Sample> = samples.iter().filter(|s| model::held_out(&s.id)).collect();
+            let (_, held) = model::split(&samples);
             let old = model::evaluate_model(&current.model, &held, self.inner.review_at);
             if !held.is_empty() && metrics.auc + 1e-9 < old.auc {
                 return Err(failed(format!(
@@ -960,7 +1002,11 @@ impl FraudService {
     /// The daily training job: a failure is logged and the previous model keeps serving.
     pub async fn train_due(&self) -> anyhow::Result<Outcome> {
         if let Err(e) = self.train().await {
-            tracing::info!(error = %ApiError::from(e).code.as_str(), "fraud model not retrained");
+            let detail = match &e {
+                FraudError::Api(a) => format!("{a:?}"),
+                other => other.to_string(),
+            };
+            tracing::info!(error = %detail, "fraud model not retrained; the previous one keeps serving");
         }
         Ok(Outcome::Idle)
     }

@@ -4,7 +4,7 @@
 //! A review's status changes only through a conditional UPDATE from `open`.
 
 use super::model::{
-    BlockEntry, BlockKind, Contribution, Hit, History, Metrics, Model, Rule, Signals, Verdict,
+    BlockEntry, BlockKind, Contribution, History, Hit, Metrics, Model, Rule, Signals, Verdict,
 };
 use mercato_kernel::Timestamp;
 use mercato_kernel::db::{Db, Row, StoreError, StoreResult, Tx};
@@ -414,7 +414,10 @@ impl FraudStore {
             out.push(History {
                 customer_id: r.try_get("customer_id").map_err(g)?,
                 amount: r.try_get("amount").map_err(g)?,
-                ordered: r.try_get::<Option<String>, _>("order_id").map_err(g)?.is_some(),
+                ordered: r
+                    .try_get::<Option<String>, _>("order_id")
+                    .map_err(g)?
+                    .is_some(),
                 payment_failed: r.try_get::<i64, _>("payment_failed").map_err(g)? != 0,
                 chargeback: label.as_deref() == Some("fraud"),
                 device_id: signals.device_id,
@@ -450,8 +453,9 @@ impl FraudStore {
         .await?;
         let mut out = Vec::with_capacity(rows.len());
         for r in rows {
-            let f: FeatureDoc = serde_json::from_str(&r.try_get::<String, _>("features").map_err(g)?)
-                .unwrap_or_default();
+            let f: FeatureDoc =
+                serde_json::from_str(&r.try_get::<String, _>("features").map_err(g)?)
+                    .unwrap_or_default();
             let label: String = r.try_get("label").map_err(g)?;
             out.push((r.try_get("id").map_err(g)?, f.vector, label == "fraud"));
         }
@@ -474,7 +478,8 @@ impl FraudStore {
         for r in rows {
             let d: String = r.try_get("decision").map_err(g)?;
             let rules: Vec<Hit> =
-                serde_json::from_str(&r.try_get::<String, _>("rules").map_err(g)?).unwrap_or_default();
+                serde_json::from_str(&r.try_get::<String, _>("rules").map_err(g)?)
+                    .unwrap_or_default();
             out.push((
                 Verdict::parse(&d).ok_or_else(|| bad("decision"))?,
                 rules,

@@ -20,8 +20,8 @@ use mercato_kernel::error::{ApiError, Code};
 use mercato_kernel::jobs::Outcome;
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Kernel, Money, Timestamp};
-use std::collections::HashMap;
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
