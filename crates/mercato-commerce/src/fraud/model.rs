@@ -1168,7 +1168,10 @@ mod tests {
         assert_eq!(decide(&[], 0.1, 0.9, 0.5).0, Verdict::Allow);
         assert_eq!(decide(&[], 0.5, 0.9, 0.5).0, Verdict::Review);
         assert_eq!(decide(&[], 0.9, 0.9, 0.5).0, Verdict::Block);
-        assert_eq!(decide(&[flag.clone()], 0.1, 0.9, 0.5).0, Verdict::Review);
+        assert_eq!(
+            decide(std::slice::from_ref(&flag), 0.1, 0.9, 0.5).0,
+            Verdict::Review
+        );
         assert_eq!(decide(&[flag], 0.95, 0.9, 0.5).0, Verdict::Block);
         assert_eq!(decide(&[block], 0.0, 0.9, 0.5).0, Verdict::Block);
     }

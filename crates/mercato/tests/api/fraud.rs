@@ -286,7 +286,7 @@ async fn high_value_new_account_and_card_country_flag_exactly_at_their_threshold
     put_rule(
         &admin,
         "high_value_new_account",
-        json!({"thresholds": {"min_amount": 2199}}),
+        json!({"enabled": true, "thresholds": {"min_amount": 2199}}),
     )
     .await;
     let (c, _, r) = buy(&app, &sku, "tok_visa").await;
