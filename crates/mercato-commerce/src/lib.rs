@@ -37,6 +37,7 @@ pub struct AppState {
     pub search: search::SearchService,
     pub promotions: promotions::PromotionService,
     pub flash_sales: flash_sales::FlashSaleService,
+    pub fraud: fraud::FraudService,
 }
 
 impl FromRef<AppState> for Kernel {
@@ -83,6 +84,7 @@ impl AppState {
         let identity =
             identity::IdentityService::new(kernel.clone(), jwt_secret, Arc::new(carts.clone()))?;
         let promotions = promotions::PromotionService::new(kernel.clone(), catalog.clone());
+        let fraud = fraud::FraudService::new(kernel.clone(), orders.clone());
         let checkout = checkout::CheckoutService::new(
             kernel.clone(),
             checkout::service::Parts {
@@ -93,6 +95,7 @@ impl AppState {
                 identity: identity.clone(),
                 payments: payments.clone(),
                 orders: orders.clone(),
+                fraud: fraud.clone(),
             },
         )?;
         let search = search::SearchService::new(kernel.clone(), catalog.clone());
@@ -105,6 +108,9 @@ impl AppState {
         kernel
             .bus
             .subscribe(Arc::new(orders::GuestOrderClaims(orders.clone())));
+        kernel
+            .bus
+            .subscribe(Arc::new(fraud::FraudOutcomes(fraud.clone())));
         Ok(AppState {
             kernel,
             identity,
@@ -117,6 +123,7 @@ impl AppState {
             search,
             promotions,
             flash_sales,
+            fraud,
         })
     }
 }
@@ -134,4 +141,5 @@ pub fn router() -> OpenApiRouter<AppState> {
         .merge(search::http::router())
         .merge(promotions::http::router())
         .merge(flash_sales::http::router())
+        .merge(fraud::http::router())
 }

@@ -77,6 +77,21 @@ fn samples() -> Vec<(&'static str, Value)> {
                    "decision": "review", "reason": "velocity"}),
         ),
         (
+            "fraud.blocked",
+            json!({"checkout_id": "chk_1", "customer_id": "usr_1", "decision_id": "frd_1",
+                   "score": 0.12, "reasons": ["blocklist: email"]}),
+        ),
+        (
+            "fraud.review_approved",
+            json!({"review_id": "frv_1", "order_id": "ord_1", "customer_id": "usr_1",
+                   "actor": "usr_a"}),
+        ),
+        (
+            "fraud.review_rejected",
+            json!({"review_id": "frv_1", "order_id": "ord_1", "customer_id": "usr_1",
+                   "actor": "usr_a", "reason": "stolen card"}),
+        ),
+        (
             "payment.captured",
             json!({"payment_id": "pay_1", "checkout_id": "chk_1", "order_id": "ord_1",
                    "customer_id": "usr_1", "amount": usd(2500), "charge_id": "ch_1"}),

@@ -29,6 +29,7 @@ pub(crate) fn router(core: Arc<Core>) -> Router {
         .route("/v1/charges", post(create_charge).get(list_charges))
         .route("/v1/charges/{id}", get(retrieve_charge))
         .route("/v1/refunds", post(create_refund))
+        .route("/v1/tokens/{token}", get(retrieve_token))
         .route("/v1/test/disputes", post(create_dispute))
         .route("/v1/test/config", post(set_config).get(get_config))
         .fallback(unknown_route)
@@ -290,7 +291,9 @@ async fn create_charge(State(core): State<Arc<Core>>, headers: HeaderMap, body: 
         return f.into_response();
     }
     let fingerprint = format!("POST /v1/charges {}", canonical(&value));
-    run_idempotent(core, key, fingerprint, move |store, now| {
+    let disputed_later = (req.source == crate::model::FRAUDULENT_TOKEN)
+        .then(|| (core.clone(), req.reference.clone()));
+    let response = run_idempotent(core, key, fingerprint, move |store, now| {
         let hang = crate::model::TokenBehaviour::of(&req.source)
             .hangs()
             .then(|| store.hang());
@@ -315,7 +318,64 @@ async fn create_charge(State(core): State<Arc<Core>>, headers: HeaderMap, body: 
             hang,
         }
     })
-    .await
+    .await;
+    // `tok_fraudulent` approves, and its card's owner disputes the charge soon after (once:
+    // a replayed answer does not dispute again).
+    if let Some((core, reference)) = disputed_later
+        && response.status() == 200
+        && !response.headers().contains_key("idempotent-replayed")
+    {
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(DISPUTE_AFTER_MS)).await;
+            let charge = core
+                .lock()
+                .charges_by_reference(Some(&reference))
+                .into_iter()
+                .find(|c| c.captured && !c.disputed);
+            if let Some(c) = charge {
+                let req = crate::model::CreateDispute {
+                    charge: c.id,
+                    reason: Some("fraudulent".into()),
+                };
+                let result = core.lock().create_dispute(&req, now_secs());
+                if let Ok((_, event)) = result {
+                    crate::webhook::dispatch(&core, event);
+                }
+            }
+        });
+    }
+    response
+}
+
+/// How long after its capture a `tok_fraudulent` charge is disputed, milliseconds.
+pub const DISPUTE_AFTER_MS: u64 = 500;
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    #[serde(default)]
+    customer: Option<String>,
+}
+
+/// The card behind a token for a customer (Stripe's token object, reduced to what fraud
+/// checks need): `{id, object: "token", card: {fingerprint, country, brand}}`; 404 for a
+/// token the simulator does not know.
+async fn retrieve_token(
+    State(core): State<Arc<Core>>,
+    Path(token): Path<String>,
+    Query(q): Query<TokenQuery>,
+) -> Response {
+    core.read_latency().await;
+    let customer = q.customer.unwrap_or_default();
+    match crate::model::card_of(&token, &customer) {
+        Some(card) => answer(
+            200,
+            &json!({"id": token, "object": "token", "card": card}),
+            false,
+        ),
+        None => ApiFailure::missing(&format!("token: '{token}'"))
+            .with("param", "token")
+            .into_response(),
+    }
 }
 
 #[derive(Deserialize)]

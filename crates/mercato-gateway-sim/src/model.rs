@@ -18,6 +18,59 @@ pub enum TokenBehaviour {
     DeclineThenHang,
 }
 
+/// The card behind a test token, as `GET /v1/tokens/{token}` answers it: its fingerprint
+/// (the same card gives the same fingerprint) and issuing country.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Card {
+    pub fingerprint: String,
+    /// ISO 3166 alpha-2.
+    pub country: String,
+    pub brand: String,
+}
+
+/// The token that approves and is disputed (`charge.dispute.created`) shortly after capture.
+pub const FRAUDULENT_TOKEN: &str = "tok_fraudulent";
+
+/// The card behind a known test token for a customer. Generic tokens (`tok_visa`, …) act as
+/// each customer's own US card: the fingerprint is derived from customer and token, so many
+/// customers paying with `tok_visa` are many cards. `tok_visa_gb` is a GB-issued card of its
+/// own per customer; `tok_shared_card` is one card (one fingerprint) for everyone. Unknown
+/// tokens have no card.
+pub fn card_of(token: &str, customer: &str) -> Option<Card> {
+    let known = [
+        "tok_visa",
+        "tok_mastercard",
+        "tok_visa_gb",
+        "tok_shared_card",
+        "tok_fraudulent",
+        "tok_chargeDeclined",
+        "tok_insufficientFunds",
+        "tok_timeout",
+        "tok_timeoutDeclined",
+    ];
+    if !known.contains(&token) {
+        return None;
+    }
+    let fingerprint = if token == "tok_shared_card" {
+        "fp_shared0000000000000".to_owned()
+    } else {
+        use sha2::Digest;
+        let d = sha2::Sha256::digest(format!("{customer}\u{0}{token}").as_bytes());
+        let hex: String = d.iter().take(10).map(|b| format!("{b:02x}")).collect();
+        format!("fp_{hex}")
+    };
+    Some(Card {
+        fingerprint,
+        country: if token == "tok_visa_gb" { "GB" } else { "US" }.to_owned(),
+        brand: if token == "tok_mastercard" {
+            "mastercard"
+        } else {
+            "visa"
+        }
+        .to_owned(),
+    })
+}
+
 /// The decline code answered for a `tok_…` token the simulator does not know.
 pub const INVALID_TOKEN: &str = "invalid_token";
 
@@ -25,7 +78,8 @@ impl TokenBehaviour {
     /// The behaviour of a `tok_…` source. Unknown tokens decline with `invalid_token`.
     pub fn of(token: &str) -> TokenBehaviour {
         match token {
-            "tok_visa" | "tok_mastercard" => TokenBehaviour::Approve,
+            "tok_visa" | "tok_mastercard" | "tok_visa_gb" | "tok_shared_card"
+            | "tok_fraudulent" => TokenBehaviour::Approve,
             "tok_chargeDeclined" => TokenBehaviour::Decline("card_declined"),
             "tok_insufficientFunds" => TokenBehaviour::Decline("insufficient_funds"),
             "tok_timeout" => TokenBehaviour::CaptureThenHang,

@@ -125,6 +125,18 @@ settings! {
     fraud_review_amount: i64 = 1_000_000;
     /// Payment attempts per customer per hour above which the fraud check blocks.
     fraud_max_attempts_per_hour: i64 = 10;
+    /// Risk score (per mille, 0..=1000) at or above which a payment is blocked.
+    fraud_block_score_permille: i64 = 900;
+    /// Risk score (per mille, 0..=1000) at or above which a paid order is held for review.
+    fraud_review_score_permille: i64 = 500;
+    /// Trusted header carrying the client's country (ISO 3166 alpha-2) for the geo-velocity rule; empty = none.
+    fraud_country_header: String = "cf-ipcountry".into();
+    /// How often the fraud feature store recomputes per-customer features, seconds (≤ 3600).
+    fraud_features_refresh_secs: u64 = 300;
+    /// How often the fraud model is retrained in the background, seconds.
+    fraud_train_every_secs: u64 = 86_400;
+    /// Fraud rules that start disabled until an admin enables them (comma-separated names, e.g. `card_country_mismatch`).
+    fraud_rules_off: String = String::new();
     /// Payment gateway base URL (unset = the in-process simulator).
     gateway_url: Option<String> = None;
     /// Payment gateway request timeout, milliseconds.

@@ -95,6 +95,10 @@ error_codes! {
     InvalidTransition => (409, "invalid_transition", "The order cannot change to that status");
     InvalidSignature => (400, "invalid_signature", "The webhook signature is missing or invalid");
     ReturnNotAllowed => (409, "return_not_allowed", "This order cannot be returned");
+    // --- fraud ---
+    OrderUnderReview => (409, "order_under_review", "The order is held for a fraud review; it cannot be fulfilled until approved");
+    ReviewDecided => (409, "review_decided", "The fraud review has already been decided the other way");
+    ModelTrainingFailed => (422, "model_training_failed", "The fraud model could not be trained; the previous model keeps serving");
     // --- promotions ---
     CodeTaken => (409, "code_taken", "A promotion with this code already exists");
     // --- flash sales ---

@@ -136,6 +136,8 @@ async fn build_state_with_gateway(
         gw.client.clone(),
         gw.webhook_secret.clone(),
     )?;
+    // The fraud caches (rules, blocklist, model, features) before the first payment.
+    state.fraud.refresh().await?;
     Ok((state, bus, gw))
 }
 
@@ -318,6 +320,43 @@ impl Application {
                 async move { payments.retry_refunds().await }
             },
         )));
+
+        // Fraud: the feature store (and rules, blocklist, model caches) recomputed every
+        // `fraud_features_refresh_secs`, the model retrained every `fraud_train_every_secs`.
+        // Both first wait one period: build_state loaded the caches already.
+        let settings = &self.state.kernel.settings;
+        for (name, every, train) in [
+            (
+                "fraud-features",
+                settings.fraud_features_refresh_secs.clamp(1, 3600),
+                false,
+            ),
+            (
+                "fraud-training",
+                settings.fraud_train_every_secs.max(60),
+                true,
+            ),
+        ] {
+            let fraud = self.state.fraud.clone();
+            let mut shutdown = self.shutdown.clone();
+            let every = Duration::from_secs(every);
+            handles.push(tokio::spawn(async move {
+                if shutdown.sleep(every).await {
+                    return;
+                }
+                run_worker(name, every, shutdown, move || {
+                    let fraud = fraud.clone();
+                    async move {
+                        if train {
+                            fraud.train_due().await
+                        } else {
+                            fraud.refresh().await
+                        }
+                    }
+                })
+                .await
+            }));
+        }
 
         let flash = self.state.flash_sales.clone();
         handles.push(tokio::spawn(run_worker(

@@ -62,10 +62,13 @@ async fn pay(
     State(s): State<AppState>,
     Buyer(p): Buyer,
     idem: Idempotency,
+    ip: ClientIp,
+    headers: axum::http::HeaderMap,
     Path(id): Path<String>,
     ApiJson(req): ApiJson<PayRequest>,
 ) -> Result<Response, ApiError> {
-    let r = s.checkout.pay(&id, &p, req, &idem).await?;
+    let client = client_signals(&s, ip, &headers);
+    let r = s.checkout.pay(&id, &p, req, &idem, &client).await?;
     let accepted = r.status == StatusCode::ACCEPTED;
     let mut resp = json_response(r.status, r.body);
     if accepted {
@@ -75,6 +78,36 @@ async fn pay(
             .insert(mercato_kernel::idempotency::Unsettled);
     }
     Ok(resp)
+}
+
+/// What the fraud check learns from the request: the client IP, the country from the
+/// trusted header (`fraud_country_header`) and the storefront's `X-Device-Id`.
+fn client_signals(
+    s: &AppState,
+    ip: ClientIp,
+    headers: &axum::http::HeaderMap,
+) -> crate::fraud::ClientSignals {
+    let text = |name: &str| {
+        headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty() && v.len() <= 200)
+            .map(str::to_owned)
+    };
+    let header = &s.kernel.settings.fraud_country_header;
+    let country = if header.is_empty() {
+        None
+    } else {
+        text(header)
+            .filter(|c| c.len() == 2 && c.bytes().all(|b| b.is_ascii_alphabetic()))
+            .map(|c| c.to_ascii_uppercase())
+    };
+    crate::fraud::ClientSignals {
+        ip: ip.0.to_string(),
+        country,
+        device_id: text("x-device-id"),
+    }
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]

@@ -7,8 +7,9 @@
 //! and cart conversion commit together, so money is never captured without an order; every
 //! settlement is conditional on the checkout's status, so concurrent settlers cannot both win.
 //!
-//! Emits `checkout.started|expired` and `fraud.flagged`; drives the payments, orders and
-//! inventory events of each step.
+//! Emits `checkout.started|expired`; drives the payments, orders, inventory and fraud events
+//! of each step (the fraud decision is stored with the attempt's intent, `fraud.blocked` with
+//! it, and a held order's `fraud.flagged` with the order: `fraud::FraudService`).
 
 pub mod http;
 pub mod model;

@@ -21,7 +21,7 @@ use super::store::{CheckoutRow, CheckoutStore, Guest, SagaRow};
 use crate::cart::{CartService, CartStore, model::CartStatus};
 use crate::catalog::CatalogService;
 use crate::flash_sales::{FlashLine, FlashSaleService};
-use crate::fraud::{Decision, FraudService};
+use crate::fraud::{ClientSignals, FraudService, Verdict};
 use crate::gateway::{ChargeOutcome, GatewayError};
 use crate::identity::IdentityService;
 use crate::identity::model::AddressInput;
@@ -38,7 +38,6 @@ use crate::promotions::model::Discounts;
 use crate::promotions::service::BasketLine;
 use axum::http::StatusCode;
 use mercato_events::checkout::{CheckoutExpired, CheckoutStarted};
-use mercato_events::fraud::FraudFlagged;
 use mercato_kernel::auth::{Principal, guest_subject};
 use mercato_kernel::db::StoreError;
 use mercato_kernel::error::{ApiError, Code, Validator};
@@ -169,6 +168,7 @@ pub struct Parts {
     pub identity: IdentityService,
     pub payments: PaymentService,
     pub orders: OrderService,
+    pub fraud: FraudService,
 }
 
 impl CheckoutService {
@@ -178,7 +178,7 @@ impl CheckoutService {
         Ok(CheckoutService {
             inner: Arc::new(Inner {
                 store: CheckoutStore::new(kernel.db.clone()),
-                fraud: FraudService::new(&kernel),
+                fraud: parts.fraud,
                 kernel,
                 promotions: parts.promotions,
                 flash: parts.flash,
@@ -848,6 +848,7 @@ impl CheckoutService {
         who: &Principal,
         req: PayRequest,
         idem: &Idempotency,
+        client: &ClientSignals,
     ) -> Result<PayResponse, CheckoutError> {
         idem.require().map_err(api)?;
         let mut v = Validator::new();
@@ -897,13 +898,44 @@ impl CheckoutService {
                     .with("checkout_status", other.as_str())));
             }
         }
-        let attempts = self
-            .inner
-            .payments
-            .attempts_last_hour(&c.customer_id)
-            .await
-            .map_err(api)?;
-        let decision = self.inner.fraud.assess(c.total.amount, attempts);
+        // The card behind the token (fingerprint, issuing country) for the fraud rules: a
+        // read that moves no money; unreachable means nothing can be charged either.
+        let card = match self.inner.payments.card(&token, &c.customer_id).await {
+            Ok(card) => card,
+            Err(GatewayError::Unavailable { .. }) => {
+                return Err(api(ApiError::new(Code::PaymentUnavailable).retry_after(5)));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "card lookup failed; scoring without the card");
+                None
+            }
+        };
+        let country = c
+            .shipping_address
+            .get("country")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+            .to_owned();
+        // The buyer's email and account age are the payment's own facts (like the checkout
+        // row), read once here; everything the score needs beyond them comes from memory.
+        let (email, registered_at) = match &c.guest {
+            Some(g) => (Some(g.email.clone()), None),
+            None => match self.inner.identity.user(&c.customer_id).await {
+                Ok(u) => (Some(u.email), Some(u.created_at)),
+                Err(_) => (None, None),
+            },
+        };
+        let assessment = self.inner.fraud.assess(&crate::fraud::Payment {
+            checkout_id: &c.id,
+            customer_id: &c.customer_id,
+            email: email.as_deref(),
+            registered_at,
+            amount: c.total,
+            shipping_country: &country,
+            shipping_address: &c.shipping_address,
+            card: card.as_ref(),
+            client,
+        });
 
         // 1. Intent: payment initiated, saga running, steps logged — committed before any I/O.
         let mut tx = self.db().begin().await?;
@@ -935,7 +967,9 @@ impl CheckoutService {
             updated_at: now,
         };
         CheckoutStore::insert_saga_tx(&mut tx, &saga).await?;
-        if let Decision::Block(why) = &decision {
+        FraudService::record_tx(&mut tx, &assessment, now).await?;
+        if assessment.verdict == Verdict::Block {
+            let why = &assessment.reason;
             CheckoutStore::steps_tx(
                 &mut tx,
                 &saga.id,
@@ -973,18 +1007,6 @@ impl CheckoutService {
             .await?;
             CheckoutStore::set_saga_tx(&mut tx, &saga.id, "compensated", None, Some(why), now)
                 .await?;
-            outbox::append(
-                &mut tx,
-                now,
-                NewEvent::of(&FraudFlagged {
-                    order_id: None,
-                    checkout_id: c.id.clone(),
-                    customer_id: c.customer_id.clone(),
-                    decision: "block".to_owned(),
-                    reason: why.to_owned(),
-                }),
-            )
-            .await?;
             let err = ApiError::new(Code::FraudBlocked);
             let body = err.to_body();
             idem.store_in(&mut tx, StatusCode::FORBIDDEN, &body).await?;
@@ -994,10 +1016,7 @@ impl CheckoutService {
                 body,
             });
         }
-        let review = match &decision {
-            Decision::Review(why) => Some(why.clone()),
-            _ => None,
-        };
+        let review = (assessment.verdict == Verdict::Review).then(|| assessment.reason.clone());
         let payment = self
             .inner
             .payments
@@ -1065,7 +1084,6 @@ impl CheckoutService {
                     &payment,
                     &charge_id,
                     amount.amount,
-                    review.as_deref(),
                     Some(writer),
                 )
                 .await
@@ -1136,8 +1154,9 @@ impl CheckoutService {
 
     /// Capture known: record it, create/confirm the order, commit stock, convert the cart —
     /// one transaction. When the checkout can no longer become an order (it expired or failed
-    /// meanwhile), the capture is refunded instead (compensation).
-    #[allow(clippy::too_many_arguments)]
+    /// meanwhile), the capture is refunded instead (compensation). The attempt's fraud
+    /// decision is linked to the order in the same transaction, and a `review` holds it —
+    /// whichever path (this request, a webhook, reconciliation, recovery) settles it.
     async fn settle_captured(
         &self,
         saga_id: &str,
@@ -1145,7 +1164,6 @@ impl CheckoutService {
         payment: &PaymentRow,
         charge_id: &str,
         amount: i64,
-        review: Option<&str>,
         writer: Option<ReplayWriter<'_>>,
     ) -> Result<PayResponse, CheckoutError> {
         let now = self.now();
@@ -1279,20 +1297,7 @@ impl CheckoutService {
             now,
         )
         .await?;
-        if let Some(why) = review {
-            outbox::append(
-                &mut tx,
-                now,
-                NewEvent::of(&FraudFlagged {
-                    order_id: Some(order_id.clone()),
-                    checkout_id: c.id.clone(),
-                    customer_id: c.customer_id.clone(),
-                    decision: "review".to_owned(),
-                    reason: why.to_owned(),
-                }),
-            )
-            .await?;
-        }
+        FraudService::attach_order_tx(&mut tx, &c.id, &order_id, now).await?;
         CheckoutStore::steps_tx(
             &mut tx,
             saga_id,
@@ -1543,7 +1548,6 @@ impl CheckoutService {
                     &charge,
                     payment.captured.amount,
                     None,
-                    None,
                 )
                 .await
                 .ok();
@@ -1561,7 +1565,7 @@ impl CheckoutService {
         match resolution {
             Resolution::Captured { charge_id, amount } => {
                 match self
-                    .settle_captured(&saga.id, &c, &payment, &charge_id, amount, None, None)
+                    .settle_captured(&saga.id, &c, &payment, &charge_id, amount, None)
                     .await
                 {
                     Ok(_) | Err(CheckoutError::Api(_)) => Ok(true),

@@ -1,95 +1,35 @@
-//! Fraud checks run by the checkout saga before charging: pure rules over the order amount
-//! and the customer's recent payment velocity. Decisions: allow, review (charge but flag the
-//! order), block (nothing charged, stock released, 403 `fraud_blocked`). Emits `fraud.flagged`
-//! for review and block decisions (written by the saga with its step).
+//! Fraud: rules as data, a risk score from a small trained model, and a review queue, run
+//! inline by the checkout saga before every charge (API.md "Fraud", docs/fraud.md).
 //!
-//! Rules (thresholds from config; the velocity signal comes from payments): total above `fraud_block_amount` → block; payment attempts
-//! by the customer in the last hour above `fraud_max_attempts_per_hour` → block; total above
-//! `fraud_review_amount` → review.
+//! Decision = rules first (each `block` or `flag`), then the model's score in [0, 1]: a
+//! blocking rule or a score ≥ `fraud_block_score_permille` blocks (403 `fraud_blocked`,
+//! nothing charged, the checkout's stock and promotion uses released); a flag or a score ≥
+//! `fraud_review_score_permille` reviews (charged, order confirmed and held); else allow.
+//!
+//! Invariants:
+//! - Scoring ([`FraudService::assess`]) never touches the database: rules, blocklist,
+//!   per-customer features and the model are in-memory caches refreshed by a background job
+//!   (`fraud_features_refresh_secs`, at most an hour) and on every admin change; velocity is
+//!   an in-process sliding-window counter behind [`service::WindowCounter`].
+//! - Every decision is stored with its score, reasons and features in the checkout's intent
+//!   transaction ([`FraudService::record_tx`]); a `review` order is held
+//!   (`orders.review_hold`) in the same transaction that creates it
+//!   ([`FraudService::attach_order_tx`]), so it can never be fulfilled before the hold exists.
+//! - A review leaves `open` once (conditional UPDATE): approve and reject cannot both win;
+//!   reject cancels through the orders module, whose cancellation refunds exactly once.
+//! - Features come from this module's own tables, fed by its decisions and by other modules'
+//!   events (`user.registered`, `payment.declined`, `payment.chargeback`, `order.delivered`),
+//!   never by reading their tables.
+//!
+//! Emits `fraud.blocked` (with the blocked attempt's intent), `fraud.flagged` (a held order),
+//! `fraud.review_approved` and `fraud.review_rejected`.
 
-use mercato_kernel::Kernel;
+pub mod http;
+pub mod model;
+pub mod service;
+mod store;
 
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Decision {
-    Allow,
-    Review(String),
-    Block(String),
-}
-
-/// Thresholds.
-#[derive(Clone, Copy, Debug)]
-pub struct Rules {
-    pub block_amount: i64,
-    pub review_amount: i64,
-    pub max_attempts_per_hour: i64,
-}
-
-/// The decision for an order total given the customer's attempts in the last hour.
-pub fn decide(rules: Rules, total: i64, attempts_last_hour: i64) -> Decision {
-    if total > rules.block_amount {
-        return Decision::Block(format!("order total {total} above {}", rules.block_amount));
-    }
-    if attempts_last_hour > rules.max_attempts_per_hour {
-        return Decision::Block(format!(
-            "{attempts_last_hour} payment attempts in the last hour"
-        ));
-    }
-    if total > rules.review_amount {
-        return Decision::Review(format!("order total {total} above {}", rules.review_amount));
-    }
-    Decision::Allow
-}
-
-#[derive(Clone)]
-pub struct FraudService {
-    rules: Rules,
-}
-
-impl FraudService {
-    pub fn new(kernel: &Kernel) -> FraudService {
-        let s = &kernel.settings;
-        FraudService {
-            rules: Rules {
-                block_amount: s.fraud_block_amount,
-                review_amount: s.fraud_review_amount,
-                max_attempts_per_hour: s.fraud_max_attempts_per_hour,
-            },
-        }
-    }
-
-    /// Assesses a payment about to be charged (one indexed count: well under a millisecond).
-    /// Decides for an order total given the customer's payment attempts in the last hour
-    /// (a signal the payments module provides: fraud never reads its tables).
-    pub fn assess(&self, total: i64, attempts_last_hour: i64) -> Decision {
-        let started = std::time::Instant::now();
-        let d = decide(self.rules, total, attempts_last_hour);
-        metrics::histogram!("fraud_decision_seconds").record(started.elapsed().as_secs_f64());
-        metrics::counter!("fraud_decisions_total", "decision" => match d {
-            Decision::Allow => "allow",
-            Decision::Review(_) => "review",
-            Decision::Block(_) => "block",
-        })
-        .increment(1);
-        d
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const R: Rules = Rules {
-        block_amount: 1000,
-        review_amount: 500,
-        max_attempts_per_hour: 3,
-    };
-
-    #[test]
-    fn rules_in_order_of_severity() {
-        assert_eq!(decide(R, 100, 0), Decision::Allow);
-        assert!(matches!(decide(R, 600, 0), Decision::Review(_)));
-        assert!(matches!(decide(R, 1001, 0), Decision::Block(_)));
-        assert!(matches!(decide(R, 100, 4), Decision::Block(_)));
-        assert_eq!(decide(R, 500, 3), Decision::Allow);
-    }
-}
+pub use model::Verdict;
+pub use service::{
+    Assessment, ClientSignals, FraudError, FraudOutcomes, FraudService, Payment, WindowCounter,
+};

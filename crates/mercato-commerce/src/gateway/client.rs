@@ -430,6 +430,29 @@ impl HttpGateway {
         }
     }
 
+    async fn do_card(
+        &self,
+        token: &str,
+        customer: &str,
+    ) -> Result<Option<super::CardDetails>, GatewayError> {
+        #[derive(serde::Deserialize)]
+        struct WireToken {
+            card: super::CardDetails,
+        }
+        let mut url = self.url(&["v1", "tokens", token])?;
+        url.query_pairs_mut().append_pair("customer", customer);
+        let (status, body) = self.get("card", url).await?;
+        match status {
+            200 => serde_json::from_slice::<WireToken>(&body)
+                .map(|t| Some(t.card))
+                .map_err(|e| GatewayError::Unexpected {
+                    reason: e.to_string(),
+                }),
+            404 => Ok(None),
+            _ => Err(rejected(status, WireErrorBody::parse(&body))),
+        }
+    }
+
     async fn do_find(&self, reference: &str) -> Result<Vec<Charge>, GatewayError> {
         let mut url = self.url(&["v1", "charges"])?;
         url.query_pairs_mut()
@@ -529,6 +552,23 @@ impl PaymentGateway for HttpGateway {
             Err(e) => error_outcome(e),
         };
         observe("find_by_reference", outcome, started);
+        result
+    }
+
+    #[tracing::instrument(name = "gateway.card", skip_all)]
+    async fn card(
+        &self,
+        token: &str,
+        customer: &str,
+    ) -> Result<Option<super::CardDetails>, GatewayError> {
+        let started = Instant::now();
+        let result = self.do_card(token, customer).await;
+        let outcome = match &result {
+            Ok(Some(_)) => "found",
+            Ok(None) => "not_found",
+            Err(e) => error_outcome(e),
+        };
+        observe("card", outcome, started);
         result
     }
 

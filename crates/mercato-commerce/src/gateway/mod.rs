@@ -148,6 +148,18 @@ pub struct Dispute {
     pub status: String,
 }
 
+/// The card behind a payment token, as the gateway reports it (fraud checks use it before
+/// the charge).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct CardDetails {
+    /// The same card gives the same fingerprint, whichever token or customer uses it.
+    pub fingerprint: String,
+    /// Issuing country, ISO 3166 alpha-2.
+    pub country: String,
+    #[serde(default)]
+    pub brand: String,
+}
+
 /// The gateway could not do what was asked, and certainly did nothing.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum GatewayError {
@@ -186,4 +198,8 @@ pub trait PaymentGateway: Send + Sync + 'static {
 
     /// Refunds part or the rest of a captured charge, at most once per idempotency key.
     async fn refund(&self, request: RefundRequest) -> Result<RefundOutcome, GatewayError>;
+
+    /// The card behind `token` when `customer` pays with it (`None` for a token the gateway
+    /// does not know). A read: safe to retry, moves no money.
+    async fn card(&self, token: &str, customer: &str) -> Result<Option<CardDetails>, GatewayError>;
 }

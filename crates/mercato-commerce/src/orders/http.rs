@@ -124,7 +124,11 @@ async fn get_order(
         // No credentials (or a malformed link): the order is not there for this caller.
         _ => return Err(ApiError::not_found()),
     };
-    Ok(Json(s.orders.view(&id, &p).await?))
+    let mut order = s.orders.view(&id, &p).await?;
+    if p.is_admin() {
+        order.risk = s.fraud.risk_of_order(&id).await?;
+    }
+    Ok(Json(order))
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]

@@ -185,6 +185,16 @@ pub struct Shipment {
     pub shipped_at: Timestamp,
 }
 
+/// The fraud decision behind an order, as admins see it on the order.
+#[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+pub struct OrderRisk {
+    /// The model's risk score in [0, 1].
+    pub score: f64,
+    /// `allow` or `review`.
+    pub decision: String,
+    pub reasons: Vec<String>,
+}
+
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
 pub struct Order {
     pub id: String,
@@ -208,6 +218,11 @@ pub struct Order {
     pub shipment: Option<Shipment>,
     /// Set when a chargeback or fraud signal needs a human look.
     pub flagged_for_review: bool,
+    /// Held for a fraud review: it cannot be fulfilled or shipped until the review is approved.
+    pub under_review: bool,
+    /// The fraud decision of its payment (admins only; absent for everyone else).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub risk: Option<OrderRisk>,
     /// The short-link code the order's cart came through (`null` when none).
     pub attribution: Option<String>,
     pub history: Vec<HistoryEntry>,

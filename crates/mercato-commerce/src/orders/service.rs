@@ -174,6 +174,18 @@ impl OrderService {
         OrderStore::by_checkout_tx(tx, checkout_id).await
     }
 
+    /// Holds (`true`) or releases (`false`) an order for a fraud review, in the caller's
+    /// transaction. Whether it changed.
+    pub async fn set_review_hold_tx(
+        tx: &mut Tx,
+        order_id: &str,
+        hold: bool,
+        actor: &str,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        OrderStore::set_review_hold_tx(tx, order_id, hold, actor, now).await
+    }
+
     pub async fn set_payment_tx(
         tx: &mut Tx,
         order_id: &str,
@@ -252,6 +264,8 @@ impl OrderService {
             shipping_method: o.shipping_method,
             payment,
             flagged_for_review: o.flagged_for_review,
+            under_review: o.review_hold,
+            risk: None,
             attribution: o.attribution,
             history,
             created_at: o.created_at,
@@ -350,6 +364,12 @@ impl OrderService {
         }
         self.can_fulfil(actor, &items)?;
         o.status.transition(event).map_err(OrderError::Transition)?;
+        if o.review_hold {
+            return Err(OrderError::Invalid(
+                ApiError::new(mercato_kernel::error::Code::OrderUnderReview)
+                    .detail("the order is held for a fraud review; approve the review first"),
+            ));
+        }
         let now = self.now();
         let mut tx = self.db().begin().await?;
         let details = match shipment {

@@ -35,6 +35,8 @@ pub struct OrderRow {
     pub shipping_method: String,
     pub payment_id: Option<String>,
     pub flagged_for_review: bool,
+    /// Held for a fraud review: fulfilment waits until the review is approved.
+    pub review_hold: bool,
     pub carrier: Option<String>,
     pub tracking_number: Option<String>,
     pub shipped_at: Option<Timestamp>,
@@ -89,7 +91,8 @@ fn g(e: sqlx::Error) -> StoreError {
 
 const ORDER_COLUMNS: &str = "id, order_number, customer_id, checkout_id, status, currency, subtotal, discount, \
     shipping, tax, total, shipping_address, shipping_method, payment_id, flagged_for_review, carrier, \
-    tracking_number, shipped_at, delivered_at, version, created_at, updated_at, guest_email, guest_token, attribution, discounts";
+    tracking_number, shipped_at, delivered_at, version, created_at, updated_at, guest_email, guest_token, attribution, discounts, \
+    review_hold";
 
 fn order_of(r: &Row) -> StoreResult<OrderRow> {
     let currency: String = r.try_get("currency").map_err(g)?;
@@ -124,6 +127,7 @@ fn order_of(r: &Row) -> StoreResult<OrderRow> {
         shipping_method: r.try_get("shipping_method").map_err(g)?,
         payment_id: r.try_get("payment_id").map_err(g)?,
         flagged_for_review: bool_of(r.try_get("flagged_for_review").map_err(g)?),
+        review_hold: bool_of(r.try_get("review_hold").map_err(g)?),
         carrier: r.try_get("carrier").map_err(g)?,
         tracking_number: r.try_get("tracking_number").map_err(g)?,
         shipped_at: ts("shipped_at")?,
@@ -644,6 +648,45 @@ impl OrderStore {
         .execute(&mut **tx)
         .await?;
         Ok(())
+    }
+
+    /// Holds an order for a fraud review (`true`, in the checkout transaction that creates it)
+    /// or releases it (`false`, the review approved). Also marks it flagged for review.
+    pub async fn set_review_hold_tx(
+        tx: &mut Tx,
+        order_id: &str,
+        hold: bool,
+        actor: &str,
+        now: Timestamp,
+    ) -> StoreResult<bool> {
+        let n = sqlx::query(
+            "UPDATE orders SET review_hold = $1, flagged_for_review = $2, version = version + 1, \
+             updated_at = $3 WHERE id = $4 AND review_hold <> $1",
+        )
+        .bind(int_of(hold))
+        .bind(int_of(true))
+        .bind(now.as_micros())
+        .bind(order_id)
+        .execute(&mut **tx)
+        .await?
+        .rows_affected();
+        if n > 0 {
+            outbox::audit(
+                tx,
+                now,
+                actor,
+                if hold {
+                    "order.review_hold"
+                } else {
+                    "order.review_released"
+                },
+                "order",
+                order_id,
+                serde_json::json!({ "review_hold": hold }),
+            )
+            .await?;
+        }
+        Ok(n > 0)
     }
 
     /// Flags an order for a human look (chargebacks, fraud signals).

@@ -21,6 +21,7 @@ use mercato_kernel::jobs::Outcome;
 use mercato_kernel::outbox::{self, NewEvent};
 use mercato_kernel::{Kernel, Money, Timestamp};
 use serde_json::json;
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -89,6 +90,8 @@ struct Inner {
     store: PaymentStore,
     gateway: Arc<dyn PaymentGateway>,
     webhook_secret: String,
+    /// Cards behind (customer, token): they never change, so each is asked once per process.
+    cards: std::sync::Mutex<HashMap<(String, String), Option<crate::gateway::CardDetails>>>,
 }
 
 impl PaymentService {
@@ -103,6 +106,7 @@ impl PaymentService {
                 kernel,
                 gateway,
                 webhook_secret,
+                cards: std::sync::Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -151,6 +155,34 @@ impl PaymentService {
         PaymentStore::payment_tx(tx, id.as_str())
             .await?
             .ok_or(StoreError::NotFound)
+    }
+
+    /// The card behind `token` for `customer` (fingerprint and issuing country), as the
+    /// gateway reports it; cached in memory, so a returning card costs no call. `Ok(None)` for
+    /// a token the gateway does not know.
+    pub async fn card(
+        &self,
+        token: &str,
+        customer: &str,
+    ) -> Result<Option<crate::gateway::CardDetails>, GatewayError> {
+        let key = (customer.to_owned(), token.to_owned());
+        if let Some(hit) = self
+            .inner
+            .cards
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(hit.clone());
+        }
+        let card = self.inner.gateway.card(token, customer).await?;
+        let mut cache = self.inner.cards.lock().unwrap_or_else(|e| e.into_inner());
+        // Bounded: a full cache starts over rather than growing without limit.
+        if cache.len() >= 100_000 {
+            cache.clear();
+        }
+        cache.insert(key, card.clone());
+        Ok(card)
     }
 
     /// Calls the gateway (outside any transaction). `Err(Unavailable)` means nothing was sent.

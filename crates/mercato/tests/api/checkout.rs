@@ -590,7 +590,7 @@ async fn fraud_blocks_big_orders_without_charging_and_releases_the_stock() {
         count(
             &app,
             "SELECT COUNT(*) FROM outbox WHERE event_type = $1",
-            "fraud.flagged"
+            "fraud.blocked"
         )
         .await,
         1

@@ -74,6 +74,14 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
     // A purchase taking stock below the threshold, fulfilled, delivered, partly returned.
     let (customer, order) = bought(&app, &sku, 5).await;
     let oid = text(&order["id"]);
+    // Held for review: approved, so it can be fulfilled (fraud.review_approved).
+    let review = crate::fraud::review_of(&admin, &oid).await;
+    post_ok(
+        &admin,
+        &format!("/admin/fraud/reviews/{review}/approve"),
+        json!({}),
+    )
+    .await;
     let product_id = text(&order["items"][0]["product_id"]);
     let r = admin
         .patch(
@@ -110,6 +118,31 @@ async fn every_event_a_flow_emits_decodes_and_every_consumer_accepts_it() {
         json!({}),
     )
     .await;
+
+    // A review rejected as fraud (cancelled and refunded) and a payment blocked by the
+    // blocklist (fraud.review_rejected, fraud.blocked).
+    let (_, held) = bought(&app, &sku, 1).await;
+    let review = crate::fraud::review_of(&admin, &text(&held["id"])).await;
+    post_ok(
+        &admin,
+        &format!("/admin/fraud/reviews/{review}/reject"),
+        json!({"reason": "stolen card"}),
+    )
+    .await;
+    let c8 = app.customer().await;
+    let email = text(&c8.me().await.body["email"]);
+    post_ok(
+        &admin,
+        "/admin/fraud/blocklist",
+        json!({"kind": "email", "value": email}),
+    )
+    .await;
+    let cart = c8.create_cart().await.id();
+    assert_eq!(c8.add_to_cart(&cart, &sku, 1).await.status, 200);
+    let chk = c8.checkout(&cart, sample_address()).await;
+    assert_eq!(chk.status, 201, "{}", chk.body);
+    let r = c8.pay(&chk.id(), "tok_visa", "evt-blocked").await;
+    assert_eq!(r.status, 403, "{}", r.body);
 
     // A cancellation (refund and restock), an admin refund and a chargeback.
     let (c2, order2) = bought(&app, &sku, 1).await;

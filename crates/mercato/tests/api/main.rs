@@ -11,6 +11,7 @@ mod crash;
 mod docs;
 mod events;
 mod flash_sales;
+mod fraud;
 mod garbage;
 mod gateway;
 mod group_commit;
