@@ -38,6 +38,10 @@ pub trait WindowCounter: Send + Sync + 'static {
 
 /// The in-process [`WindowCounter`]: a log of event times per key (at most 10,000 kept per
 /// key), pruned on every hit.
+/// Held-out samples needed (with at least two of each class) before a retrained model is
+/// compared with the serving one; below it the new model serves on its own metrics.
+const MIN_HELD_OUT_TO_COMPARE: usize = 20;
+
 #[derive(Default)]
 pub struct MemoryWindowCounter {
     keys: Mutex<HashMap<String, VecDeque<i64>>>,
@@ -970,10 +974,16 @@ impl FraudService {
         }
         let (model, metrics) = model::train(&samples, version, self.inner.review_at)
             .map_err(|e| failed(e.to_string()))?;
+        // Champion/challenger on the same held-out set, once that set is large enough for
+        // an AUC to mean something: with a handful of held-out samples (some of which the
+        // serving model was trained on) one new label flips the comparison at random.
         if current.row.is_some() {
             let (_, held) = model::split(&samples);
+            let frauds = held.iter().filter(|s| s.fraud).count();
+            let comparable =
+                held.len() >= MIN_HELD_OUT_TO_COMPARE && frauds >= 2 && held.len() - frauds >= 2;
             let old = model::evaluate_model(&current.model, &held, self.inner.review_at);
-            if !held.is_empty() && metrics.auc + 1e-9 < old.auc {
+            if comparable && metrics.auc + 1e-9 < old.auc {
                 return Err(failed(format!(
                     "the new model's held-out AUC {:.3} is below the serving model's {:.3}",
                     metrics.auc, old.auc
