@@ -90,7 +90,7 @@ async fn list_streams(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<Page<StreamView>>, ApiError> {
     let status = match q.status.as_deref() {
-        None | Some("") => None,
+        None => None,
         Some(s) => Some(StreamStatus::parse(s).ok_or_else(|| {
             ApiError::new(Code::InvalidQuery).detail("status must be scheduled, live or ended")
         })?),

@@ -156,7 +156,9 @@ pub struct RuleStats {
     pub false_positive_rate: Option<f64>,
 }
 
+/// Named `FraudStats` in the OpenAPI document (links has a `Stats` schema too).
 #[derive(Clone, Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = FraudStats)]
 pub struct Stats {
     /// Decisions of the last 90 days by verdict.
     #[schema(value_type = Object)]
